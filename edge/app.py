@@ -1,0 +1,222 @@
+"""The edge: an ASGI app that translates HTTP/JSON and SSE to the Responses gRPC service and back.
+
+No business rules live here; internal gRPC callers get exactly the same behaviour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import trace
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from edge import codec
+from edge.errors import HttpError, from_rpc_error, invalid_request
+from edge.sse import DONE, StreamTracker, frame
+from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# Headers forwarded to the service as gRPC metadata.
+_FORWARD = ("authorization", "x-session-id", "x-request-id")
+_PROPAGATION = ("traceparent", "tracestate")
+# gRPC metadata that becomes a response header.
+_RESPONSE_HEADERS = ("x-switchboard-omitted-tools",)
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_JSON = "application/json"
+
+
+class Edge:
+    def __init__(self, target: str, *, max_body_bytes: int, request_timeout: float | None,
+                 forward_trace_headers: bool) -> None:
+        self.target = target
+        self.max_body_bytes = max_body_bytes
+        self.request_timeout = request_timeout
+        self.forward_trace_headers = forward_trace_headers
+        self._channel: grpc.aio.Channel | None = None
+        # The generated stubs type calls as synchronous; on an aio channel they return aio calls.
+        self._stub: Any = None
+        self._health: health_pb2_grpc.HealthStub | None = None
+
+    async def open(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self.target, options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", 30_000),
+        ])
+        self._stub = responses_service_pb2_grpc.ResponsesStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+    @property
+    def stub(self) -> Any:
+        assert self._stub is not None, "Edge.open() was not awaited"
+        return self._stub
+
+    # ------------------------------------------------------------ helpers
+
+    def _metadata(self, request: Request) -> tuple[tuple[str, str], ...]:
+        names = _FORWARD + _PROPAGATION if self.forward_trace_headers else _FORWARD
+        return tuple((name, value) for name in names if (value := request.headers.get(name)) is not None)
+
+    async def _read_body(self, request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            raise _TooLarge()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise _TooLarge()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _parse(self, request: Request) -> responses_service_pb2.CreateResponseRequest | HttpError:
+        try:
+            body = await self._read_body(request)
+        except _TooLarge:
+            return HttpError(413, "invalid_request_error",
+                             f"The request body exceeds the limit of {self.max_body_bytes} bytes.",
+                             code="request_too_large")
+        try:
+            return codec.loads(body, responses_service_pb2.CreateResponseRequest)
+        except codec.CodecError as exc:
+            code = "invalid_json" if not exc.param else "invalid_request"
+            return invalid_request(exc.message, exc.param or None, code=code)
+
+    # ------------------------------------------------------------ routes
+
+    async def create_response(self, request: Request) -> Response:
+        parsed = await self._parse(request)
+        if isinstance(parsed, HttpError):
+            return error_response(parsed)
+        _annotate_span(parsed, request)
+        metadata = self._metadata(request)
+        if parsed.stream:
+            return await self._stream(parsed, metadata)
+        call = self.stub.CreateResponse(parsed, metadata=metadata, timeout=self.request_timeout)
+        try:
+            response = await call
+            headers = _response_headers(await call.initial_metadata())
+        except grpc.aio.AioRpcError as exc:
+            return error_response(from_rpc_error(exc))
+        return Response(codec.dumps(response), media_type=_JSON, headers=headers)
+
+    async def _stream(self, parsed: responses_service_pb2.CreateResponseRequest,
+                      metadata: tuple[tuple[str, str], ...]) -> Response:
+        call = self.stub.StreamResponse(parsed, metadata=metadata)
+        try:
+            first = await call.read()
+            headers = _response_headers(await call.initial_metadata())
+        except grpc.aio.AioRpcError as exc:
+            return error_response(from_rpc_error(exc))
+        except BaseException:
+            call.cancel()
+            raise
+        if first is grpc.aio.EOF:
+            return error_response(HttpError(502, "server_error", "The service ended the stream without events.",
+                                            code="empty_stream"))
+
+        async def events() -> AsyncIterator[bytes]:
+            tracker = StreamTracker()
+            try:
+                event: Any = first
+                while event is not grpc.aio.EOF:
+                    tracker.see(event)
+                    yield frame(event)
+                    event = await call.read()
+                if not tracker.terminal:
+                    yield tracker.failure(HttpError(502, "server_error", "The stream ended without a terminal event.",
+                                                    code="stream_interrupted"))
+            except grpc.aio.AioRpcError as exc:
+                yield tracker.failure(from_rpc_error(exc))
+            finally:
+                # A client that went away cancels the gRPC call, which cancels the upstream request.
+                call.cancel()
+            yield DONE
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={**_SSE_HEADERS, **headers})
+
+    async def healthz(self, request: Request) -> Response:
+        assert self._health is not None
+        try:
+            reply = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+        except grpc.aio.AioRpcError:
+            return Response(b'{"status":"unavailable"}', status_code=503, media_type=_JSON)
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            return Response(b'{"status":"not_serving"}', status_code=503, media_type=_JSON)
+        return Response(b'{"status":"ok"}', media_type=_JSON)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def error_response(error: HttpError) -> Response:
+    return Response(error.body(), status_code=error.status, media_type=_JSON, headers=error.headers)
+
+
+def _response_headers(metadata: Sequence[tuple[str, Any]] | None) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for key, value in metadata or ():
+        if key in _RESPONSE_HEADERS:
+            headers[key] = value.decode() if isinstance(value, bytes) else value
+    return headers
+
+
+def _annotate_span(parsed: responses_service_pb2.CreateResponseRequest, request: Request) -> None:
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    session = parsed.session_id if parsed.HasField("session_id") else request.headers.get("x-session-id")
+    if session:
+        span.set_attribute("session.id", session)
+    if parsed.HasField("model"):
+        span.set_attribute("gen_ai.request.model", parsed.model)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return error_response(HttpError(404, "not_found_error", f"No route for {request.method} {request.url.path}.",
+                                    code="not_found"))
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    return error_response(HttpError(405, "invalid_request_error",
+                                    f"Method {request.method} is not allowed on {request.url.path}.",
+                                    code="method_not_allowed"))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("edge request failed", exc_info=exc)
+    return error_response(HttpError(500, "server_error", "internal server error", code="internal_error"))
+
+
+def create_app(edge: Edge) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await edge.open()
+        try:
+            yield
+        finally:
+            await edge.close()
+
+    return Starlette(
+        routes=[
+            Route("/v1/responses", edge.create_response, methods=["POST"]),
+            Route("/healthz", edge.healthz, methods=["GET"]),
+        ],
+        exception_handlers={404: _not_found, 405: _method_not_allowed, 500: _server_error},
+        lifespan=lifespan,
+    )

@@ -1,0 +1,525 @@
+"""JSON <-> proto for the Responses API, driven by the proto descriptors and the options in json.proto.
+
+Every message type gets one compiled encoder and one decoder, built on first use from its descriptor:
+- a oneof arm with a ``type_tag`` is flattened to ``{"type": tag, ...arm fields, ...the message's other fields}``;
+- an arm without a tag is the bare value (``"auto"``, a string, a list);
+- ``json_list`` messages are JSON arrays; ``rest`` Struct fields collect undeclared keys;
+- unset ``nullable`` fields become ``null``; other unset optional fields are left out;
+- enums are strings; int64 are JSON numbers; field names are the JSON names.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import orjson
+from google.protobuf import struct_pb2
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from switchboard.responses.v1 import json_pb2
+
+M = TypeVar("M", bound=Message)
+Encoder = Callable[[Any], Any]
+Decoder = Callable[[Any, Any, str], None]
+
+_STRUCT = "google.protobuf.Struct"
+_VALUE = "google.protobuf.Value"
+_LIST_VALUE = "google.protobuf.ListValue"
+_INTS = {
+    FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED32, FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED32,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+_FLOATS = {FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT}
+
+
+class CodecError(ValueError):
+    """The JSON does not fit the schema. ``param`` is the JSON path of the offending value."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+def _opt(field: FieldDescriptor, ext: Any) -> Any:
+    return field.GetOptions().Extensions[ext]
+
+
+def _msg_opt(desc: Descriptor | None, ext: Any) -> Any:
+    assert desc is not None
+    return desc.GetOptions().Extensions[ext]
+
+
+def _message_type(field: FieldDescriptor) -> Descriptor:
+    assert field.message_type is not None
+    return field.message_type
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+# ---------------------------------------------------------------- enums
+
+
+class _EnumMap:
+    def __init__(self, desc: EnumDescriptor) -> None:
+        prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", desc.name).upper() + "_"
+        self.to_json: dict[int, str] = {}
+        self.from_json: dict[str, int] = {}
+        for value in desc.values:
+            if value.number == 0:
+                continue
+            name = value.GetOptions().Extensions[json_pb2.json_value] or value.name.removeprefix(prefix).lower()
+            self.to_json[value.number] = name
+            self.from_json[name] = value.number
+
+
+_enum_maps: dict[str, _EnumMap] = {}
+
+
+def _enum_map(desc: Any) -> _EnumMap:
+    found = _enum_maps.get(desc.full_name)
+    if found is None:
+        found = _enum_maps[desc.full_name] = _EnumMap(desc)
+    return found
+
+
+def enum_to_json(desc: Any, number: int) -> str | None:
+    return _enum_map(desc).to_json.get(number)
+
+
+def enum_from_json(desc: Any, name: str) -> int | None:
+    return _enum_map(desc).from_json.get(name)
+
+
+# ---------------------------------------------------------------- Struct / Value
+
+
+def _value_to_py(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return _struct_to_py(value.struct_value)
+    if kind == "list_value":
+        return [_value_to_py(v) for v in value.list_value.values]
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None
+
+
+def _struct_to_py(struct: struct_pb2.Struct) -> dict[str, Any]:
+    return {key: _value_to_py(value) for key, value in struct.fields.items()}
+
+
+# ---------------------------------------------------------------- encoding
+
+_encoders: dict[str, Encoder] = {}
+
+
+def _field_encoder(field: FieldDescriptor) -> Encoder:
+    """Encoder of one element of ``field`` (the value, not the containing message)."""
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        sub = field.message_type
+        return lambda value: _encoder(sub)(value)
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        to_json = _enum_map(field.enum_type).to_json
+        return lambda value: to_json.get(value)
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return lambda value: value.decode("latin-1")
+    return lambda value: value
+
+
+def _fields_encoder(desc: Any, skip: str | None = None) -> Callable[[Any, dict[str, Any]], None]:
+    """Writes the fields of a message (except the oneof ``skip``) into a dict."""
+    steps: list[Callable[[Any, dict[str, Any]], None]] = []
+    for field in desc.fields:
+        if skip is not None and field.containing_oneof is not None and field.containing_oneof.name == skip:
+            continue
+        steps.append(_field_step(field))
+
+    def write(msg: Any, out: dict[str, Any]) -> None:
+        for step in steps:
+            step(msg, out)
+
+    return write
+
+
+def _field_step(field: FieldDescriptor) -> Callable[[Any, dict[str, Any]], None]:
+    name = field.name
+    nullable = bool(_opt(field, json_pb2.nullable))
+    element = _field_encoder(field)
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        value_field = field.message_type.fields_by_name["value"]
+        map_value = _field_encoder(value_field)
+
+        def map_step(msg: Any, out: dict[str, Any]) -> None:
+            out[name] = {k: map_value(v) for k, v in getattr(msg, name).items()}
+
+        return map_step
+    if field.is_repeated:
+
+        def repeated_step(msg: Any, out: dict[str, Any]) -> None:
+            out[name] = [element(v) for v in getattr(msg, name)]
+
+        return repeated_step
+    if _opt(field, json_pb2.rest):
+
+        def rest_step(msg: Any, out: dict[str, Any]) -> None:
+            if msg.HasField(name):
+                for key, value in _struct_to_py(getattr(msg, name)).items():
+                    out.setdefault(key, value)
+
+        return rest_step
+    if field.has_presence:
+
+        def presence_step(msg: Any, out: dict[str, Any]) -> None:
+            if msg.HasField(name):
+                out[name] = element(getattr(msg, name))
+            elif nullable:
+                out[name] = None
+
+        return presence_step
+    if field.type == FieldDescriptor.TYPE_ENUM:
+
+        def enum_step(msg: Any, out: dict[str, Any]) -> None:
+            value = getattr(msg, name)
+            if value:
+                out[name] = element(value)
+            elif nullable:
+                out[name] = None
+
+        return enum_step
+
+    def scalar_step(msg: Any, out: dict[str, Any]) -> None:
+        out[name] = element(getattr(msg, name))
+
+    return scalar_step
+
+
+def _union_oneof(desc: Descriptor) -> str | None:
+    for oneof in desc.oneofs:
+        if not (len(oneof.fields) == 1 and oneof.fields[0].has_presence and oneof.name.startswith("_")):
+            return oneof.name
+    return None
+
+
+def _build_encoder(desc: Descriptor) -> Encoder:
+    full = desc.full_name
+    if full == _STRUCT:
+        return _struct_to_py
+    if full == _VALUE:
+        return _value_to_py
+    if full == _LIST_VALUE:
+        return lambda msg: [_value_to_py(v) for v in msg.values]
+    if _msg_opt(desc, json_pb2.json_list):
+        (only,) = desc.fields
+        element = _field_encoder(only)
+        return lambda msg: [element(v) for v in getattr(msg, only.name)]
+    oneof = _union_oneof(desc)
+    if oneof is None:
+        write = _fields_encoder(desc)
+
+        def encode_plain(msg: Any) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            write(msg, out)
+            return out
+
+        return encode_plain
+    common = _fields_encoder(desc, skip=oneof)
+    arms: dict[str, Encoder] = {}
+    for field in desc.oneofs_by_name[oneof].fields:
+        arms[field.name] = _arm_encoder(field, common)
+
+    def encode_union(msg: Any) -> Any:
+        arm = msg.WhichOneof(oneof)
+        if arm is None:
+            return None
+        return arms[arm](msg)
+
+    return encode_union
+
+
+def _arm_encoder(field: FieldDescriptor, common: Callable[[Any, dict[str, Any]], None]) -> Encoder:
+    name = field.name
+    tag = _opt(field, json_pb2.type_tag)
+    if tag:
+        inner = _fields_encoder(field.message_type)
+
+        def encode_tagged(msg: Any) -> dict[str, Any]:
+            out: dict[str, Any] = {"type": tag}
+            common(msg, out)
+            inner(getattr(msg, name), out)
+            return out
+
+        return encode_tagged
+    element = _field_encoder(field)
+    return lambda msg: element(getattr(msg, name))
+
+
+def _encoder(desc: Any) -> Encoder:
+    found = _encoders.get(desc.full_name)
+    if found is None:
+        found = _encoders[desc.full_name] = _build_encoder(desc)
+    return found
+
+
+def encode(msg: Message) -> Any:
+    """The JSON value (dicts, lists, scalars) of a message."""
+    return _encoder(msg.DESCRIPTOR)(msg)
+
+
+def dumps(msg: Message) -> bytes:
+    return orjson.dumps(encode(msg))
+
+
+# ---------------------------------------------------------------- decoding
+
+_decoders: dict[str, Decoder] = {}
+
+
+def _decoder(desc: Any) -> Decoder:
+    found = _decoders.get(desc.full_name)
+    if found is None:
+        found = _decoders[desc.full_name] = _build_decoder(desc)
+    return found
+
+
+def _scalar(field: FieldDescriptor, value: Any, path: str) -> Any:
+    kind = field.type
+    if kind == FieldDescriptor.TYPE_STRING:
+        if isinstance(value, str):
+            return value
+        expected = "a string"
+    elif kind == FieldDescriptor.TYPE_BOOL:
+        if isinstance(value, bool):
+            return value
+        expected = "a boolean"
+    elif kind in _INTS:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        expected = "an integer"
+    elif kind in _FLOATS:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        expected = "a number"
+    elif kind == FieldDescriptor.TYPE_ENUM:
+        if isinstance(value, str):
+            number = enum_from_json(field.enum_type, value)
+            if number is not None:
+                return number
+        allowed = ", ".join(repr(v) for v in _enum_map(field.enum_type).from_json)
+        raise CodecError(f"Invalid value for '{path}': expected one of {allowed}, got {value!r}.", path)
+    else:
+        expected = "bytes"
+        if isinstance(value, str):
+            return value.encode("latin-1")
+    raise CodecError(f"Invalid type for '{path}': expected {expected}, but got {_json_type(value)}.", path)
+
+
+def _set_field(field: FieldDescriptor, value: Any, msg: Any, path: str) -> None:
+    name = field.name
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        sub_desc = _message_type(field)
+        if sub_desc.GetOptions().map_entry:
+            if not isinstance(value, dict):
+                raise CodecError(f"Invalid type for '{path}': expected an object.", path)
+            value_field = sub_desc.fields_by_name["value"]
+            target = getattr(msg, name)
+            for key, item in value.items():
+                if item is None:
+                    continue
+                target[key] = _scalar(value_field, item, f"{path}.{key}")
+            return
+        if field.is_repeated:
+            if not isinstance(value, list):
+                raise CodecError(f"Invalid type for '{path}': expected an array, but got {_json_type(value)}.", path)
+            container = getattr(msg, name)
+            decode_sub = _decoder(sub_desc)
+            for index, item in enumerate(value):
+                decode_sub(item, container.add(), f"{path}[{index}]")
+            return
+        sub = getattr(msg, name)
+        sub.SetInParent()
+        _decoder(sub_desc)(value, sub, path)
+        return
+    if field.is_repeated:
+        if not isinstance(value, list):
+            raise CodecError(f"Invalid type for '{path}': expected an array, but got {_json_type(value)}.", path)
+        getattr(msg, name).extend(_scalar(field, v, f"{path}[{i}]") for i, v in enumerate(value))
+        return
+    setattr(msg, name, _scalar(field, value, path))
+
+
+def _py_to_struct(data: Any, msg: Any, path: str) -> None:
+    if not isinstance(data, dict):
+        raise CodecError(f"Invalid type for '{path}': expected an object, but got {_json_type(data)}.", path)
+    try:
+        msg.update(data)
+    except (ValueError, TypeError) as exc:
+        raise CodecError(f"Invalid value for '{path}': {exc}", path) from None
+
+
+def _build_decoder(desc: Descriptor) -> Decoder:
+    full = desc.full_name
+    if full == _STRUCT:
+        return _py_to_struct
+    if full in (_VALUE, _LIST_VALUE):
+
+        def decode_value(data: Any, msg: Any, path: str) -> None:
+            holder = struct_pb2.Struct()
+            _py_to_struct({"v": data}, holder, path)
+            source = holder.fields["v"]
+            msg.CopyFrom(source if full == _VALUE else source.list_value)
+
+        return decode_value
+    if _msg_opt(desc, json_pb2.json_list):
+        (only,) = desc.fields
+
+        def decode_list(data: Any, msg: Any, path: str) -> None:
+            _set_field(only, data, msg, path)
+
+        return decode_list
+    oneof = _union_oneof(desc)
+    fields = _fields_decoder(desc, oneof)
+    if oneof is None:
+        return fields
+    return _union_decoder(desc, oneof, fields)
+
+
+def _fields_decoder(desc: Descriptor, skip: str | None) -> Decoder:
+    by_name = {
+        f.name: f
+        for f in desc.fields
+        if not (skip is not None and f.containing_oneof is not None and f.containing_oneof.name == skip)
+    }
+    rest = next((f for f in by_name.values() if _opt(f, json_pb2.rest)), None)
+    if rest is not None:
+        del by_name[rest.name]
+    closed = bool(_msg_opt(desc, json_pb2.closed))
+
+    def decode_fields(data: Any, msg: Any, path: str) -> None:
+        if not isinstance(data, dict):
+            raise CodecError(f"Invalid type for '{path}': expected an object, but got {_json_type(data)}.", path)
+        extra: dict[str, Any] = {}
+        for key, value in data.items():
+            field = by_name.get(key)
+            if field is None:
+                if rest is not None:
+                    extra[key] = value
+                elif closed:
+                    sub = _join(path, key)
+                    raise CodecError(f"Unknown parameter: '{sub}'.", sub)
+                continue
+            if value is None:
+                continue
+            _set_field(field, value, msg, _join(path, key))
+        if extra and rest is not None:
+            _py_to_struct(extra, getattr(msg, rest.name), path)
+
+    return decode_fields
+
+
+def _union_decoder(desc: Descriptor, oneof: str, common: Decoder) -> Decoder:
+    arms = desc.oneofs_by_name[oneof].fields
+    tagged = {_opt(f, json_pb2.type_tag): f for f in arms if _opt(f, json_pb2.type_tag)}
+    inferred = [(_opt(f, json_pb2.infer_key), f) for f in arms if _opt(f, json_pb2.infer_key)]
+    catch_all = next((f for f in arms if _opt(f, json_pb2.catch_all)), None)
+    bare = [f for f in arms if not _opt(f, json_pb2.type_tag) and not _opt(f, json_pb2.catch_all)]
+    objects = [f for f in bare if f.type == FieldDescriptor.TYPE_MESSAGE]
+    bare_object = next((f for f in objects if not _msg_opt(f.message_type, json_pb2.json_list)), None)
+    tags = ", ".join(repr(t) for t in tagged)
+
+    def decode_tagged(field: FieldDescriptor, data: dict[str, Any], msg: Any, path: str) -> None:
+        inner = {k: v for k, v in data.items() if k != "type"}
+        own = {f.name for f in _message_type(field).fields}
+        outer = {k: inner.pop(k) for k in list(inner) if k not in own and k in desc.fields_by_name}
+        common(outer, msg, path)
+        sub = getattr(msg, field.name)
+        sub.SetInParent()
+        _decoder(field.message_type)(inner, sub, path)
+
+    def decode_union(data: Any, msg: Any, path: str) -> None:
+        if isinstance(data, dict):
+            tag = data.get("type")
+            if tag is not None:
+                field = tagged.get(tag) if isinstance(tag, str) else None
+                if field is not None:
+                    decode_tagged(field, data, msg, path)
+                    return
+                if catch_all is not None and isinstance(tag, str):
+                    _py_to_struct(data, getattr(msg, catch_all.name), path)
+                    return
+                param = _join(path, "type")
+                raise CodecError(f"Invalid value for '{param}': expected one of {tags}, got {tag!r}.", param)
+            for key, field in inferred:
+                if key in data:
+                    decode_tagged(field, data, msg, path)
+                    return
+            if bare_object is not None:
+                _set_field(bare_object, data, msg, path)
+                return
+            param = _join(path, "type")
+            raise CodecError(f"Missing required parameter: '{param}'.", param)
+        for field in bare:
+            if _accepts(field, data):
+                _set_field(field, data, msg, path)
+                return
+        raise CodecError(f"Invalid type for '{path}': got {_json_type(data)}.", path)
+
+    return decode_union
+
+
+def _accepts(field: FieldDescriptor, data: Any) -> bool:
+    """Whether a bare oneof arm takes a JSON value of this kind."""
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if _msg_opt(field.message_type, json_pb2.json_list):
+            return isinstance(data, list)
+        return isinstance(data, dict)
+    if field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_ENUM):
+        return isinstance(data, str)
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return isinstance(data, bool)
+    return isinstance(data, int | float) and not isinstance(data, bool)
+
+
+def decode(data: Any, cls: type[M], path: str = "") -> M:
+    """A message of type ``cls`` from a JSON value. Raises CodecError naming the offending parameter."""
+    msg = cls()
+    _decoder(msg.DESCRIPTOR)(data, msg, path)
+    return msg
+
+
+def loads(body: bytes, cls: type[M]) -> M:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise CodecError(f"The request body is not valid JSON: {exc}", "") from None
+    if not isinstance(data, dict):
+        raise CodecError(f"The request body must be a JSON object, but got {_json_type(data)}.", "")
+    return decode(data, cls)

@@ -1,0 +1,161 @@
+"""The `switchboard` command: serve (service + edge + optional Envoy), service, edge."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import uvloop
+
+from service import telemetry
+from service.config import Config, ConfigError, load, parse_address
+from service.envoy import EnvoyAddresses, EnvoyProcess, render_config
+from service.providers.registry import build_all
+from service.server import create_server, mark_serving
+
+log = logging.getLogger("switchboard")
+
+
+def _say(message: str) -> None:
+    print(f"switchboard: {message}", flush=True)
+
+
+async def _stop_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def run_service(config: Config, until: asyncio.Future[None] | None = None) -> None:
+    telemetry.setup("switchboard-service", enabled=config.otel_enabled, grpc_server=True, httpx_client=True)
+    providers = build_all(config)
+    server, port, health = create_server(config, providers)
+    await server.start()
+    for provider in providers.values():
+        warm_up = getattr(provider, "warm_up", None)
+        if warm_up is not None:
+            await warm_up()
+    await mark_serving(health, True)
+    host, _ = parse_address(config.server.grpc, "server.grpc")
+    _say(f"gRPC service listening on {host}:{port}")
+    try:
+        await (until if until is not None else _stop_signal())
+    finally:
+        await mark_serving(health, False)
+        await server.stop(config.server.grace)
+        for provider in providers.values():
+            await provider.aclose()
+        telemetry.shutdown()
+
+
+async def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the edge exited with code {process.returncode}")
+            try:
+                if (await client.get(url, timeout=1.0)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"{url} did not become ready in {timeout:.0f}s")
+
+
+async def serve_all(config: Config, config_path: Path) -> None:
+    """The service in this process, the edge in a child process, and Envoy in front when configured."""
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    service_task = asyncio.create_task(run_service(config, until=stop))
+    edge = None
+    envoy = None
+    try:
+        edge = subprocess.Popen([sys.executable, "-m", "service.cli", "edge", "--config", str(config_path)])
+        http_host, http_port = parse_address(config.server.http, "server.http")
+        http_host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host
+        await _wait_http(f"http://{http_host}:{http_port}/healthz", edge)
+        _say(f"HTTP edge listening on http://{http_host}:{http_port}")
+        public = f"http://{http_host}:{http_port}"
+        if config.server.envoy:
+            envoy = await _start_envoy(config)
+            env_host, env_port = parse_address(config.server.envoy, "server.envoy")
+            public = f"http://{'127.0.0.1' if env_host in ('0.0.0.0', '::') else env_host}:{env_port}"
+            _say(f"Envoy listening on {public}")
+        _say("ready. Try:\n  curl " + public + "/v1/responses -H 'content-type: application/json'"
+             + (" -H 'authorization: Bearer $KEY'" if config.api_keys else "")
+             + " -d '{\"input\": \"Say hello\"}'")
+        await _stop_signal()
+    finally:
+        if envoy is not None:
+            await envoy.stop()
+        if edge is not None and edge.poll() is None:
+            edge.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(edge.wait, config.server.grace + 5)
+        if not stop.done():
+            stop.set_result(None)
+        await service_task
+
+
+async def _start_envoy(config: Config) -> EnvoyProcess:
+    server = config.server
+    assert server.envoy is not None
+    addresses = EnvoyAddresses(
+        public=parse_address(server.envoy, "server.envoy"),
+        edge=_loopback(parse_address(server.http, "server.http")),
+        service=_loopback(parse_address(server.grpc, "server.grpc")),
+        admin=parse_address(server.envoy_admin, "server.envoy_admin"),
+        grpc_internal=parse_address(server.envoy_grpc, "server.envoy_grpc") if server.envoy_grpc else None,
+    )
+    envoy = EnvoyProcess(render_config(server.envoy_config.read_text(), addresses))
+    await envoy.start()
+    return envoy
+
+
+def _loopback(address: tuple[str, int]) -> tuple[str, int]:
+    host, port = address
+    return ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="switchboard", description="A Responses API gateway.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("serve", "run the service, the edge and (when server.envoy is set) Envoy"),
+                       ("service", "run only the gRPC service"), ("edge", "run only the HTTP edge")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--config", required=True, type=Path, help="YAML configuration file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"switchboard: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "edge":
+            from edge.server import run
+
+            run(config)
+        elif args.command == "service":
+            uvloop.run(run_service(config))
+        else:
+            uvloop.run(serve_all(config, args.config))
+    except KeyboardInterrupt:
+        pass
+    except (ConfigError, OSError, RuntimeError) as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""All settings, from one YAML file plus environment variables for secrets. Nothing else reads os.environ."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ENVOY_TEMPLATE = REPO_ROOT / "deploy" / "envoy" / "envoy.yaml"
+PROVIDER_KINDS = ("openai-chat", "llama-cpp")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_address(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{what}: expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    grpc: str = "127.0.0.1:50051"
+    http: str = "127.0.0.1:8080"
+    envoy: str | None = None
+    envoy_grpc: str | None = None
+    envoy_admin: str = "127.0.0.1:9901"
+    envoy_config: Path = DEFAULT_ENVOY_TEMPLATE
+    # Seconds that in-flight calls get to finish on shutdown.
+    grace: float = 30.0
+    max_body_bytes: int = 32 * 1024 * 1024
+    # Where the edge reaches the service; defaults to the `grpc` address.
+    grpc_target: str | None = None
+    # Deadline of a unary call made by the edge, in seconds.
+    request_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    kind: str
+    base_url: str | None = None
+    api_key: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    api_keys: tuple[str, ...] = ()
+    store: str = "sqlite:///./switchboard.db"
+    providers: tuple[ProviderConfig, ...] = ()
+    default_model: str | None = None
+    # What to do with tool types Switchboard cannot run (hosted tools, unknown types).
+    unsupported_tools: Literal["omit", "reject"] = "omit"
+    # Whether gen_ai spans may record prompt and completion text.
+    record_content: bool = False
+    otel_enabled: bool = False
+
+    def provider(self, name: str) -> ProviderConfig | None:
+        return next((p for p in self.providers if p.name == name), None)
+
+
+def _env_list(env: dict[str, str], name: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in env.get(name, "").split(",") if k.strip())
+
+
+def _provider(raw: Any, index: int, env: dict[str, str]) -> ProviderConfig:
+    where = f"providers[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    raw = dict(raw)
+    name, kind = raw.pop("name", None), raw.pop("kind", None)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ConfigError(f"{where}.name: a non-empty name without '/' is required")
+    if kind not in PROVIDER_KINDS:
+        raise ConfigError(f"{where}.kind: one of {', '.join(PROVIDER_KINDS)} is required, got {kind!r}")
+    api_key = raw.pop("api_key", None)
+    key_env = raw.pop("api_key_env", None)
+    if key_env:
+        api_key = env.get(str(key_env)) or api_key
+    base_url = raw.pop("base_url", None)
+    if kind == "openai-chat" and not base_url:
+        raise ConfigError(f"{where}.base_url: required for kind openai-chat")
+    headers = raw.pop("headers", None) or {}
+    return ProviderConfig(
+        name=name,
+        kind=kind,
+        base_url=str(base_url).rstrip("/") if base_url else None,
+        api_key=api_key,
+        headers={str(k): str(v) for k, v in headers.items()},
+        options=raw,
+    )
+
+
+def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir: Path | None = None) -> Config:
+    env = dict(os.environ) if env is None else env
+    server_raw = dict(data.get("server") or {})
+    unknown = set(server_raw) - set(ServerConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"server: unknown keys {sorted(unknown)}")
+    if "envoy_config" in server_raw:
+        path = Path(server_raw["envoy_config"])
+        server_raw["envoy_config"] = path if path.is_absolute() else (base_dir or Path.cwd()) / path
+    server = ServerConfig(**server_raw)
+    for key in ("grpc", "http", "envoy", "envoy_grpc", "envoy_admin"):
+        value = getattr(server, key)
+        if value is not None:
+            parse_address(value, f"server.{key}")
+
+    auth = data.get("auth") or {}
+    keys = tuple(str(k) for k in auth.get("api_keys") or ())
+    if auth.get("api_keys_env"):
+        keys += _env_list(env, str(auth["api_keys_env"]))
+    keys += _env_list(env, "SWITCHBOARD_API_KEYS")
+
+    providers = tuple(_provider(p, i, env) for i, p in enumerate(data.get("providers") or ()))
+    names = [p.name for p in providers]
+    if len(set(names)) != len(names):
+        raise ConfigError("providers: names must be unique")
+    default_model = data.get("default_model")
+    if default_model is not None and str(default_model).split("/", 1)[0] not in names:
+        raise ConfigError(f"default_model: no provider named {str(default_model).split('/', 1)[0]!r}")
+    tools = data.get("unsupported_tools", "omit")
+    if tools not in ("omit", "reject"):
+        raise ConfigError("unsupported_tools: 'omit' or 'reject'")
+    otel = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    return Config(
+        server=server,
+        api_keys=keys,
+        store=str(data.get("store", Config.store)),
+        providers=providers,
+        default_model=str(default_model) if default_model else None,
+        unsupported_tools=tools,
+        record_content=bool(data.get("record_content", False)),
+        otel_enabled=otel and env.get("OTEL_SDK_DISABLED", "").lower() != "true",
+    )
+
+
+def load(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return from_dict(data, env, base_dir=path.parent)

@@ -1,0 +1,324 @@
+"""The turn engine: the one place that turns provider deltas into Responses items and stream events.
+
+It assigns item ids, ``output_index``, ``content_index`` and ``sequence_number``, enforces the event order
+(created -> in_progress -> per item: added, parts, deltas, done -> exactly one terminal event) and keeps the
+``Response`` snapshot. Unary calls run the same engine and keep only the final snapshot.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from service.errors import ApiError
+from service.providers.base import (
+    Delta,
+    Finish,
+    ReasoningDelta,
+    ReasoningSummaryDelta,
+    RefusalDelta,
+    TextDelta,
+    ToolCallDelta,
+    UsageDelta,
+)
+from switchboard.responses.v1 import content_pb2, events_pb2, items_pb2, response_pb2
+
+Event = events_pb2.StreamEvent
+IN_PROGRESS = items_pb2.ITEM_STATUS_IN_PROGRESS
+COMPLETED = items_pb2.ITEM_STATUS_COMPLETED
+INCOMPLETE = items_pb2.ITEM_STATUS_INCOMPLETE
+
+
+def new_id(prefix: str) -> str:
+    """An unguessable id: 192 random bits."""
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+@dataclass
+class _Open:
+    """An output item being streamed, and its open content part (if any)."""
+
+    index: int
+    kind: str  # "message" | "reasoning" | "function_call"
+    part_kind: str | None = None  # "output_text" | "refusal" | "reasoning_text" | "summary_text"
+    part_index: int = -1
+    text: list[str] = field(default_factory=list)
+
+
+class TurnEngine:
+    def __init__(self, response: response_pb2.Response) -> None:
+        self.response = response
+        self._seq = 0
+        self._current: _Open | None = None
+        self._calls: dict[int, _Open] = {}
+        self._usage = UsageDelta()
+        self._finish: str | None = None
+        self.terminal = False
+
+    # ------------------------------------------------------------ events
+
+    def _event(self, **arm: object) -> Event:
+        event = Event(sequence_number=self._seq, **arm)  # type: ignore[arg-type]
+        self._seq += 1
+        return event
+
+    def _snapshot_event(self, arm: str) -> Event:
+        snapshot = response_pb2.Response()
+        snapshot.CopyFrom(self.response)
+        return self._event(**{arm: events_pb2.ResponseEvent(response=snapshot)})
+
+    def _item(self, index: int) -> items_pb2.Item:
+        return self.response.output[index]
+
+    def _item_id(self, index: int) -> str:
+        item = self._item(index)
+        return str(getattr(item, str(item.WhichOneof("item"))).id)
+
+    def start(self) -> list[Event]:
+        self.response.status = response_pb2.RESPONSE_STATUS_IN_PROGRESS
+        return [self._snapshot_event("response_created"), self._snapshot_event("response_in_progress")]
+
+    # ------------------------------------------------------------ deltas
+
+    def feed(self, delta: Delta) -> list[Event]:
+        if isinstance(delta, TextDelta):
+            return self._content("message", "output_text", delta.text)
+        if isinstance(delta, RefusalDelta):
+            return self._content("message", "refusal", delta.text)
+        if isinstance(delta, ReasoningDelta):
+            return self._content("reasoning", "reasoning_text", delta.text)
+        if isinstance(delta, ReasoningSummaryDelta):
+            return self._content("reasoning", "summary_text", delta.text)
+        if isinstance(delta, ToolCallDelta):
+            return self._tool_call(delta)
+        if isinstance(delta, UsageDelta):
+            u = self._usage
+            self._usage = UsageDelta(
+                input_tokens=max(u.input_tokens, delta.input_tokens),
+                output_tokens=max(u.output_tokens, delta.output_tokens),
+                cached_tokens=max(u.cached_tokens, delta.cached_tokens),
+                reasoning_tokens=max(u.reasoning_tokens, delta.reasoning_tokens),
+            )
+            return []
+        if isinstance(delta, Finish):
+            self._finish = delta.reason
+            return []
+        raise TypeError(f"unknown delta {delta!r}")
+
+    def _open_item(self, kind: str) -> list[Event]:
+        index = len(self.response.output)
+        item = self.response.output.add()
+        if kind == "message":
+            item.message.id = new_id("msg")
+            item.message.status = IN_PROGRESS
+            item.message.role = items_pb2.MESSAGE_ROLE_ASSISTANT
+            item.message.content.parts.SetInParent()
+        else:
+            item.reasoning.id = new_id("rs")
+            item.reasoning.status = IN_PROGRESS
+        self._current = _Open(index=index, kind=kind)
+        return [self._added(index)]
+
+    def _added(self, index: int) -> Event:
+        copy = items_pb2.Item()
+        copy.CopyFrom(self._item(index))
+        return self._event(output_item_added=events_pb2.OutputItemEvent(output_index=index, item=copy))
+
+    def _content(self, kind: str, part_kind: str, text: str) -> list[Event]:
+        if not text:
+            return []
+        events: list[Event] = []
+        current = self._current
+        if current is None or current.kind != kind:
+            events += self._close_current(COMPLETED)
+            events += self._open_item(kind)
+            current = self._current
+            assert current is not None
+        if current.part_kind != part_kind:
+            events += self._close_part(current)
+            events += self._open_part(current, part_kind)
+        current.text.append(text)
+        item_id = self._item_id(current.index)
+        index, part = current.index, current.part_index
+        if part_kind == "output_text":
+            delta = events_pb2.OutputTextDeltaEvent(item_id=item_id, output_index=index, content_index=part, delta=text)
+            events.append(self._event(output_text_delta=delta))
+        elif part_kind == "summary_text":
+            summary = events_pb2.SummaryTextDeltaEvent(
+                item_id=item_id, output_index=index, summary_index=part, delta=text
+            )
+            events.append(self._event(reasoning_summary_text_delta=summary))
+        else:
+            plain = events_pb2.ContentDeltaEvent(item_id=item_id, output_index=index, content_index=part, delta=text)
+            arm = "refusal_delta" if part_kind == "refusal" else "reasoning_delta"
+            events.append(self._event(**{arm: plain}))
+        return events
+
+    @staticmethod
+    def _part(part_kind: str, text: str) -> content_pb2.ContentPart:
+        part = content_pb2.ContentPart()
+        if part_kind == "refusal":
+            part.refusal.refusal = text
+        else:
+            sub = getattr(part, part_kind)
+            sub.text = text
+        return part
+
+    def _open_part(self, current: _Open, part_kind: str) -> list[Event]:
+        item = self._item(current.index)
+        if part_kind == "summary_text":
+            container = item.reasoning.summary
+        elif current.kind == "reasoning":
+            container = item.reasoning.content
+        else:
+            container = item.message.content.parts.parts
+        current.part_kind, current.part_index, current.text = part_kind, len(container), []
+        container.add().CopyFrom(self._part(part_kind, ""))
+        item_id = self._item_id(current.index)
+        part = self._part(part_kind, "")
+        if part_kind == "summary_text":
+            summary = events_pb2.SummaryPartEvent(
+                item_id=item_id, output_index=current.index, summary_index=current.part_index, part=part
+            )
+            return [self._event(reasoning_summary_part_added=summary)]
+        added = events_pb2.ContentPartEvent(
+            item_id=item_id, output_index=current.index, content_index=current.part_index, part=part
+        )
+        return [self._event(content_part_added=added)]
+
+    def _close_part(self, current: _Open) -> list[Event]:
+        kind = current.part_kind
+        if kind is None:
+            return []
+        text = "".join(current.text)
+        item = self._item(current.index)
+        part = self._part(kind, text)
+        if kind == "summary_text":
+            item.reasoning.summary[current.part_index].CopyFrom(part)
+        elif current.kind == "reasoning":
+            item.reasoning.content[current.part_index].CopyFrom(part)
+        else:
+            item.message.content.parts.parts[current.part_index].CopyFrom(part)
+        item_id, index, at = self._item_id(current.index), current.index, current.part_index
+        current.part_kind = None
+        if kind == "summary_text":
+            return [
+                self._event(reasoning_summary_text_done=events_pb2.SummaryTextDoneEvent(
+                    item_id=item_id, output_index=index, summary_index=at, text=text)),
+                self._event(reasoning_summary_part_done=events_pb2.SummaryPartEvent(
+                    item_id=item_id, output_index=index, summary_index=at, part=part)),
+            ]
+        if kind == "output_text":
+            done = self._event(output_text_done=events_pb2.OutputTextDoneEvent(
+                item_id=item_id, output_index=index, content_index=at, text=text))
+        elif kind == "refusal":
+            done = self._event(refusal_done=events_pb2.RefusalDoneEvent(
+                item_id=item_id, output_index=index, content_index=at, refusal=text))
+        else:
+            done = self._event(reasoning_done=events_pb2.ReasoningDoneEvent(
+                item_id=item_id, output_index=index, content_index=at, text=text))
+        part_done = self._event(content_part_done=events_pb2.ContentPartEvent(
+            item_id=item_id, output_index=index, content_index=at, part=part))
+        return [done, part_done]
+
+    def _close_item(self, opened: _Open, status: int) -> list[Event]:
+        events = self._close_part(opened)
+        item = self._item(opened.index)
+        kind = item.WhichOneof("item")
+        sub = getattr(item, str(kind))
+        sub.status = status
+        if kind == "function_call":
+            arguments = "".join(opened.text)
+            sub.arguments = arguments
+            events.append(self._event(function_call_arguments_done=events_pb2.FunctionCallArgumentsDoneEvent(
+                item_id=sub.id, output_index=opened.index, arguments=arguments)))
+        copy = items_pb2.Item()
+        copy.CopyFrom(item)
+        events.append(self._event(output_item_done=events_pb2.OutputItemEvent(output_index=opened.index, item=copy)))
+        return events
+
+    def _close_current(self, status: int) -> list[Event]:
+        current, self._current = self._current, None
+        return self._close_item(current, status) if current is not None else []
+
+    def _tool_call(self, delta: ToolCallDelta) -> list[Event]:
+        events: list[Event] = []
+        opened = self._calls.get(delta.index)
+        if opened is None:
+            events += self._close_current(COMPLETED)
+            index = len(self.response.output)
+            item = self.response.output.add()
+            call = item.function_call
+            call.id = new_id("fc")
+            call.call_id = delta.call_id or new_id("call")
+            call.name = delta.name or ""
+            call.status = IN_PROGRESS
+            opened = self._calls[delta.index] = _Open(index=index, kind="function_call")
+            events.append(self._added(index))
+        elif delta.name and not self._item(opened.index).function_call.name:
+            self._item(opened.index).function_call.name = delta.name
+        if delta.arguments:
+            opened.text.append(delta.arguments)
+            call = self._item(opened.index).function_call
+            events.append(self._event(function_call_arguments_delta=events_pb2.FunctionCallArgumentsDeltaEvent(
+                item_id=call.id, output_index=opened.index, delta=delta.arguments)))
+        return events
+
+    # ------------------------------------------------------------ endings
+
+    def _close_all(self, last_status: int) -> list[Event]:
+        opened = sorted([*self._calls.values(), *([self._current] if self._current else [])], key=lambda o: o.index)
+        self._current, self._calls = None, {}
+        events: list[Event] = []
+        for position, item in enumerate(opened):
+            status = last_status if position == len(opened) - 1 else COMPLETED
+            events += self._close_item(item, status)
+        return events
+
+    def _set_usage(self) -> None:
+        u = self._usage
+        self.response.usage.CopyFrom(response_pb2.Usage(
+            input_tokens=u.input_tokens,
+            output_tokens=u.output_tokens,
+            total_tokens=u.input_tokens + u.output_tokens,
+            input_tokens_details=response_pb2.InputTokensDetails(cached_tokens=u.cached_tokens),
+            output_tokens_details=response_pb2.OutputTokensDetails(reasoning_tokens=u.reasoning_tokens),
+        ))
+
+    def _output_text(self) -> str:
+        texts = []
+        for item in self.response.output:
+            if item.WhichOneof("item") == "message":
+                texts += [p.output_text.text for p in item.message.content.parts.parts if p.HasField("output_text")]
+        return "".join(texts)
+
+    def finish(self) -> list[Event]:
+        """Closes open items and emits the terminal event, from the provider's finish reason."""
+        reason = self._finish
+        incomplete = {"length": "max_output_tokens", "content_filter": "content_filter"}.get(reason or "")
+        events = self._close_all(INCOMPLETE if incomplete else COMPLETED)
+        self._set_usage()
+        self.response.output_text = self._output_text()
+        self.response.completed_at = int(time.time())
+        self.terminal = True
+        if incomplete:
+            self.response.status = response_pb2.RESPONSE_STATUS_INCOMPLETE
+            self.response.incomplete_details.reason = incomplete
+            return events + [self._snapshot_event("response_incomplete")]
+        self.response.status = response_pb2.RESPONSE_STATUS_COMPLETED
+        return events + [self._snapshot_event("response_completed")]
+
+    def fail(self, error: ApiError) -> list[Event]:
+        """An ``error`` event, then ``response.failed``. Open items end as incomplete."""
+        events = self._close_all(INCOMPLETE)
+        payload = events_pb2.ErrorPayload(type=error.error_type, code=error.code, message=error.message)
+        if error.param is not None:
+            payload.param = error.param
+        events.append(self._event(error=events_pb2.ErrorEvent(error=payload)))
+        self._set_usage()
+        self.response.output_text = self._output_text()
+        self.response.status = response_pb2.RESPONSE_STATUS_FAILED
+        self.response.error.CopyFrom(response_pb2.ResponseError(code=error.code, message=error.message))
+        self.terminal = True
+        return events + [self._snapshot_event("response_failed")]

@@ -1,0 +1,96 @@
+"""Domain errors of the service, and the one place that turns them into a gRPC status."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+DOMAIN = "switchboard.responses.v1"
+
+# gRPC code -> API error type of the error body (see docs/errors.md).
+_ERROR_TYPES: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid_request_error",
+    grpc.StatusCode.UNAUTHENTICATED: "authentication_error",
+    grpc.StatusCode.PERMISSION_DENIED: "permission_error",
+    grpc.StatusCode.NOT_FOUND: "not_found_error",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "rate_limit_error",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "timeout_error",
+    grpc.StatusCode.UNAVAILABLE: "server_error",
+    grpc.StatusCode.INTERNAL: "server_error",
+    grpc.StatusCode.CANCELLED: "server_error",
+    grpc.StatusCode.UNIMPLEMENTED: "invalid_request_error",
+    grpc.StatusCode.FAILED_PRECONDITION: "invalid_request_error",
+}
+
+
+class ApiError(Exception):
+    """An error a client may see: its message is safe to show."""
+
+    def __init__(
+        self,
+        status: grpc.StatusCode,
+        code: str,
+        message: str,
+        *,
+        param: str | None = None,
+        retry_after: float | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+        self.http_status = http_status
+
+    @property
+    def error_type(self) -> str:
+        return _ERROR_TYPES.get(self.status, "server_error")
+
+
+def invalid(message: str, param: str | None, code: str = "invalid_request") -> ApiError:
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, code, message, param=param)
+
+
+class UpstreamError(ApiError):
+    """An upstream provider failed. ``retryable`` failures may fall back to another model or endpoint."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream_status: int | None = None,
+        retryable: bool = True,
+        code: str = "upstream_error",
+        status: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(status, code, message, retry_after=retry_after, http_status=502)
+        self.upstream_status = upstream_status
+        self.retryable = retryable
+
+
+def internal() -> ApiError:
+    return ApiError(grpc.StatusCode.INTERNAL, "internal_error", "internal server error")
+
+
+def to_status(err: ApiError) -> status_pb2.Status:
+    """google.rpc.Status with ErrorInfo (reason = API error code) and, for a parameter, BadRequest."""
+    metadata = {"type": err.error_type}
+    if err.retry_after is not None:
+        metadata["retry_after"] = f"{err.retry_after:g}"
+    if err.http_status is not None:
+        metadata["http_status"] = str(err.http_status)
+    details = [error_details_pb2.ErrorInfo(reason=err.code, domain=DOMAIN, metadata=metadata)]
+    if err.param is not None:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=err.param, description=err.message)
+        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    packed = []
+    for detail in details:
+        any_msg = any_pb2.Any()
+        any_msg.Pack(detail)
+        packed.append(any_msg)
+    return status_pb2.Status(code=err.status.value[0], message=err.message, details=packed)
+

@@ -1,0 +1,118 @@
+"""The provider contract: one request in, a stream of small deltas out.
+
+Providers translate a :class:`Turn` to an upstream API and yield deltas. They never build Responses
+items or events: the turn engine does that, in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from switchboard.responses.v1 import items_pb2, response_pb2, tools_pb2
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningSummaryDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A fragment of a tool call. ``index`` groups the fragments of one call."""
+
+    index: int
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDelta:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: FinishReason
+
+
+Delta = TextDelta | RefusalDelta | ReasoningDelta | ReasoningSummaryDelta | ToolCallDelta | UsageDelta | Finish
+
+
+@dataclass(slots=True)
+class Turn:
+    """One model call: the whole conversation, already resolved, plus sampling parameters.
+
+    ``items`` holds messages, function calls, function call outputs and reasoning items in order;
+    instructions are the first item, a system message.
+    """
+
+    model: str
+    items: list[items_pb2.Item]
+    stream: bool = True
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    top_k: int | None = None
+    top_logprobs: int | None = None
+    tools: list[tools_pb2.FunctionTool] = field(default_factory=list)
+    tool_choice: tools_pb2.ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    text: response_pb2.TextConfig | None = None
+    reasoning: response_pb2.ReasoningConfig | None = None
+    user: str | None = None
+    # Seconds left before the caller's deadline; None means no deadline.
+    timeout: float | None = None
+
+
+class Provider(Protocol):
+    """An upstream. ``stream`` must stop the upstream request when the consumer stops iterating."""
+
+    name: str
+
+    def stream(self, turn: Turn) -> AsyncGenerator[Delta, None]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def message_text(item: items_pb2.Message) -> str:
+    """All text of a message, whether its content is a string or a list of parts."""
+    content = item.content
+    if content.WhichOneof("value") == "text":
+        return content.text
+    texts: list[str] = []
+    for part in content.parts.parts:
+        kind = part.WhichOneof("part")
+        if kind in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
+            texts.append(getattr(part, kind).text)
+        elif kind == "refusal":
+            texts.append(part.refusal.refusal)
+    return "".join(texts)
+
+
+def role_name(role: int) -> str:
+    return items_pb2.MessageRole.Name(role).removeprefix("MESSAGE_ROLE_").lower()  # type: ignore[arg-type]

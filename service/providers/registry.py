@@ -1,0 +1,27 @@
+"""Builds the configured providers."""
+
+from __future__ import annotations
+
+from service.config import Config, ConfigError, ProviderConfig
+from service.providers.base import Provider
+
+
+def build(spec: ProviderConfig) -> Provider:
+    if spec.kind == "openai-chat":
+        from service.providers.openai_chat import OpenAIChatProvider
+
+        assert spec.base_url is not None
+        return OpenAIChatProvider(spec.name, base_url=spec.base_url, api_key=spec.api_key, headers=spec.headers,
+                                  **spec.options)
+    if spec.kind == "llama-cpp":
+        from service.providers.llama_cpp import LlamaCppProvider
+
+        return LlamaCppProvider(spec.name, **spec.options)
+    raise ConfigError(f"unknown provider kind {spec.kind!r}")
+
+
+def build_all(config: Config) -> dict[str, Provider]:
+    try:
+        return {spec.name: build(spec) for spec in config.providers}
+    except TypeError as exc:
+        raise ConfigError(f"providers: {exc}") from None

@@ -1,0 +1,88 @@
+"""OpenTelemetry set-up and request attributes. Export is OTLP, configured by the standard OTEL_* variables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from switchboard.responses.v1 import responses_service_pb2
+
+_KNOWN_TRACE_KEYS = ("trace_id", "trace_name", "span_name", "generation_name", "parent_span_id")
+_configured = False
+
+
+def setup(service_name: str, *, enabled: bool, grpc_server: bool = False, grpc_client: bool = False,
+          httpx_client: bool = False) -> None:
+    """Installs the SDK with an OTLP exporter and instruments the libraries; a no-op when disabled."""
+    global _configured
+    if not enabled or _configured:
+        return
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    if grpc_server:
+        from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
+
+        GrpcAioInstrumentorServer().instrument()  # type: ignore[no-untyped-call]
+    if grpc_client:
+        from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
+
+        GrpcAioInstrumentorClient().instrument()  # type: ignore[no-untyped-call]
+    if httpx_client:
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+        HTTPXClientInstrumentor().instrument()
+    _configured = True
+
+
+def shutdown() -> None:
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.shutdown()
+
+
+def session_id(request: responses_service_pb2.CreateResponseRequest,
+               metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+    """The body's session_id wins over the x-session-id header."""
+    if request.HasField("session_id") and request.session_id:
+        return request.session_id
+    for key, value in metadata or ():
+        if key == "x-session-id":
+            return value.decode() if isinstance(value, bytes) else value
+    return None
+
+
+def annotate(request: responses_service_pb2.CreateResponseRequest,
+             metadata: Sequence[tuple[str, Any]] | None) -> None:
+    """Puts the request's observability fields on the current span."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    session = session_id(request, metadata)
+    if session:
+        span.set_attribute("session.id", session)
+        span.set_attribute("switchboard.session_id", session)
+    if request.HasField("user"):
+        span.set_attribute("user.id", request.user)
+    if request.HasField("safety_identifier"):
+        span.set_attribute("switchboard.safety_identifier", request.safety_identifier)
+    if request.HasField("model"):
+        span.set_attribute("gen_ai.request.model", request.model)
+    if request.HasField("trace"):
+        options = request.trace
+        for key in _KNOWN_TRACE_KEYS:
+            if options.HasField(key):  # type: ignore[arg-type]
+                span.set_attribute(f"switchboard.trace.{key}", getattr(options, key))
+        if options.HasField("span_name"):
+            span.update_name(options.span_name)
+        for key, value in options.attributes.fields.items():
+            kind = value.WhichOneof("kind")
+            if kind in ("string_value", "number_value", "bool_value"):
+                span.set_attribute(f"switchboard.trace.{key}", getattr(value, str(kind)))
