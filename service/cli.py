@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvloop
@@ -35,7 +37,8 @@ async def _stop_signal() -> None:
     await stop.wait()
 
 
-async def run_service(config: Config, until: asyncio.Future[None] | None = None) -> None:
+async def run_service(config: Config, until: asyncio.Future[None] | None = None,
+                      ready: asyncio.Event | None = None) -> None:
     telemetry.setup("switchboard-service", enabled=config.otel_enabled, grpc_server=True, httpx_client=True)
     providers = build_all(config)
     server, port, health = create_server(config, providers)
@@ -47,6 +50,8 @@ async def run_service(config: Config, until: asyncio.Future[None] | None = None)
     await mark_serving(health, True)
     host, _ = parse_address(config.server.grpc, "server.grpc")
     _say(f"gRPC service listening on {host}:{port}")
+    if ready is not None:
+        ready.set()
     try:
         await (until if until is not None else _stop_signal())
     finally:
@@ -75,10 +80,13 @@ async def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float 
 async def serve_all(config: Config, config_path: Path) -> None:
     """The service in this process, the edge in a child process, and Envoy in front when configured."""
     stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    service_task = asyncio.create_task(run_service(config, until=stop))
+    ready = asyncio.Event()
+    service_task = asyncio.create_task(run_service(config, until=stop, ready=ready))
     edge = None
     envoy = None
     try:
+        # The embedded model's loader swaps the process's stdout while it runs: start children after it.
+        await _first(ready.wait(), service_task)
         edge = subprocess.Popen([sys.executable, "-m", "service.cli", "edge", "--config", str(config_path)])
         http_host, http_port = parse_address(config.server.http, "server.http")
         http_host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host
@@ -118,6 +126,16 @@ async def _start_envoy(config: Config) -> EnvoyProcess:
     envoy = EnvoyProcess(render_config(server.envoy_config.read_text(), addresses))
     await envoy.start()
     return envoy
+
+
+async def _first(wait: Coroutine[Any, Any, Any], task: asyncio.Task[None]) -> None:
+    """Waits for ``wait``, or re-raises the error of ``task`` if it ends first."""
+    waiter = asyncio.ensure_future(wait)
+    done, _ = await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        waiter.cancel()
+        task.result()
+        raise RuntimeError("the service stopped during start-up")
 
 
 def _loopback(address: tuple[str, int]) -> tuple[str, int]:

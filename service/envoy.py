@@ -134,6 +134,7 @@ class EnvoyProcess:
 
     async def start(self, timeout: float = 20) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="switchboard-envoy-")
+        self.admin_url = ""  # learnt from --admin-address-path, so an admin port of 0 works too
         config_path = Path(self._dir.name, "envoy.yaml")
         admin_path = Path(self._dir.name, "admin-address")
         config_path.write_text(self.config_text)
@@ -147,10 +148,9 @@ class EnvoyProcess:
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=1.0) as client:
             while time.monotonic() < deadline:
-                if self._proc.returncode is not None:
-                    await asyncio.sleep(0.1)  # let the pump read Envoy's last words
-                    await self.stop(drain=False)
-                    raise EnvoyError(f"envoy exited with code {self._proc.returncode}:\n{self.stderr_tail}")
+                if (code := self._proc.returncode) is not None:
+                    await self.stop(drain=False)  # also lets the pump read Envoy's last words
+                    raise EnvoyError(f"envoy exited with code {code}:\n{self.stderr_tail}")
                 if not self.admin_url and admin_path.exists() and admin_path.read_text().strip():
                     self.admin_url = f"http://{admin_path.read_text().strip()}"
                 if self.admin_url:
@@ -187,7 +187,7 @@ class EnvoyProcess:
                 proc.kill()
                 await proc.wait()
         if self._pump is not None:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._pump, timeout=2)
             self._pump = None
         if self._dir is not None:

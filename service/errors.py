@@ -67,7 +67,9 @@ class UpstreamError(ApiError):
         status: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(status, code, message, retry_after=retry_after, http_status=502)
+        # An upstream that is down or broken is a 502; its other statuses map as usual (400, 408, 429).
+        http_status = 502 if status == grpc.StatusCode.UNAVAILABLE else None
+        super().__init__(status, code, message, retry_after=retry_after, http_status=http_status)
         self.upstream_status = upstream_status
         self.retryable = retryable
 

@@ -169,6 +169,8 @@ def build_messages(items: Iterable[items_pb2.Item], *, developer_role: bool = Tr
             assistant = _new_assistant(out, reasoning, text)
             if refusal:
                 assistant["refusal"] = refusal
+                if not text:
+                    assistant["content"] = None
             continue
         assistant = None
         if kind == "reasoning":
@@ -334,7 +336,7 @@ def parse_completion(data: Any) -> list[Delta]:
     """The deltas of a non-streaming ``chat.completion`` body, in the order a stream would give them."""
     if not isinstance(data, dict):
         raise protocol_error("the upstream's response is not a JSON object")
-    if "error" in data and not data.get("choices"):
+    if data.get("error") is not None:
         raise stream_error(data)
     choices = data.get("choices") or [{}]
     choice = choices[0]

@@ -7,7 +7,7 @@ HTTP side: one pooled client per provider, SSE reading, timeouts, cancellation a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing, suppress
 from typing import Any, Literal
 
@@ -89,7 +89,7 @@ class OpenAIChatProvider:
         total = self._default_timeout if seconds is None else max(seconds, 0.001)
         return httpx.Timeout(total, connect=min(self._connect_timeout, total))
 
-    async def stream(self, turn: Turn) -> AsyncIterator[Delta]:
+    async def stream(self, turn: Turn) -> AsyncGenerator[Delta, None]:
         content = orjson.dumps(build_body(turn, developer_role=self._developer_role,
                                           max_tokens_param=self._max_tokens_param))
         timeout = self._timeout(turn.timeout)
@@ -119,7 +119,7 @@ class OpenAIChatProvider:
                             if not data:
                                 continue
                             chunk = _loads(data)
-                            if sse.event == "error" or "error" in chunk:
+                            if sse.event == "error" or chunk.get("error") is not None:
                                 raise stream_error(chunk)
                             choices = chunk.get("choices")
                             if choices:

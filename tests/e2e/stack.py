@@ -1,0 +1,135 @@
+"""Starts real processes on ephemeral ports: the fake upstream and `switchboard serve` (service, edge, Envoy)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "sk-test-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Process:
+    """A child process whose output lines are collected, so tests can wait for a line."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str] | None = None, name: str = "") -> None:
+        self.name = name or args[0]
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        self.proc = subprocess.Popen(
+            args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            for line in self.proc.stdout:
+                self.output.append(line)
+                self.lines.put(line)
+        except ValueError:  # closed by stop()
+            pass
+
+    def wait_for(self, marker: str, timeout: float = 90.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            if marker in line:
+                return line
+        raise RuntimeError(f"{self.name} did not print {marker!r}:\n{''.join(self.output)[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+
+def start_upstream() -> tuple[Process, str]:
+    process = Process([sys.executable, "-m", "tests.fakes.openai_chat", "--host", "127.0.0.1", "--port", "0"],
+                      name="fake upstream")
+    line = process.wait_for("LISTENING", timeout=30)
+    return process, line.split()[1]
+
+
+@dataclass
+class Stack:
+    process: Process
+    config_path: Path
+    grpc: str
+    http: str
+    envoy: str | None
+    upstream: str
+
+    def stop(self) -> int:
+        return self.process.stop()
+
+
+def write_config(path: Path, upstream: str, *, envoy: bool = True, extra: dict[str, Any] | None = None,
+                 local_model: bool = True) -> dict[str, str]:
+    ports = {"grpc": f"127.0.0.1:{free_port()}", "http": f"127.0.0.1:{free_port()}"}
+    if envoy:
+        ports |= {"envoy": f"127.0.0.1:{free_port()}", "envoy_admin": f"127.0.0.1:{free_port()}",
+                  "envoy_grpc": f"127.0.0.1:{free_port()}"}
+    providers: list[dict[str, Any]] = [{"name": "fake", "kind": "openai-chat", "base_url": f"{upstream}/v1"}]
+    if local_model:
+        providers.append({"name": "local", "kind": "llama-cpp", "n_threads": 2})
+    config: dict[str, Any] = {
+        "server": {**ports, "grace": 5},
+        "auth": {"api_keys": [API_KEY]},
+        "store": f"sqlite:///{path.parent / 'switchboard.db'}",
+        "providers": providers,
+        "default_model": "fake/echo",
+        **(extra or {}),
+    }
+    path.write_text(yaml.safe_dump(config))
+    return ports
+
+
+def start_stack(tmp: Path, upstream: str, *, env: dict[str, str] | None = None, envoy: bool = True,
+                extra: dict[str, Any] | None = None, local_model: bool = True) -> Stack:
+    tmp.mkdir(parents=True, exist_ok=True)
+    config_path = tmp / "switchboard.yaml"
+    ports = write_config(config_path, upstream, envoy=envoy, extra=extra, local_model=local_model)
+    process = Process([sys.executable, "-m", "service.cli", "serve", "--config", str(config_path)],
+                      env=env, name="switchboard serve")
+    process.wait_for("switchboard: ready", timeout=120)
+    return Stack(
+        process=process, config_path=config_path, grpc=ports["grpc"], http=f"http://{ports['http']}",
+        envoy=f"http://{ports['envoy']}" if envoy else None, upstream=upstream,
+    )
+
+
+def upstream_requests(upstream: str) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = httpx.get(f"{upstream}/_requests").json()
+    return result
