@@ -25,7 +25,7 @@ def generate(out: Path) -> None:
         f"--plugin=protoc-gen-mypy_grpc={BIN / 'protoc-gen-mypy_grpc'}",
         *files,
     ]
-    subprocess.run(cmd, check=True, cwd=PROTO)
+    subprocess.run(cmd, check=True, cwd=PROTO, stdout=subprocess.DEVNULL)
     for init in (out / "switchboard", out / "switchboard/responses", out / PACKAGE):
         (init / "__init__.py").touch()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -88,14 +88,20 @@ def _deny(handler: Handler, error: ApiError) -> Handler:
     async def reject(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await abort(context, error)
 
+    async def reject_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        # Response-streaming handlers must be async generators.
+        await abort(context, error)
+        return
+        yield
+
     kwargs: dict[str, Any] = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(reject, **kwargs)
+        return grpc.stream_stream_rpc_method_handler(reject_stream, **kwargs)
     if handler.request_streaming:
         return grpc.stream_unary_rpc_method_handler(reject, **kwargs)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(reject, **kwargs)
+        return grpc.unary_stream_rpc_method_handler(reject_stream, **kwargs)
     return grpc.unary_unary_rpc_method_handler(reject, **kwargs)

@@ -8,7 +8,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 DOMAIN = "switchboard.responses.v1"
 
-# gRPC code -> API error type of the error body (see docs/errors.md).
+# gRPC code -> API error type of the error body (see docs/development.md, "Errors").
 _ERROR_TYPES: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.INVALID_ARGUMENT: "invalid_request_error",
     grpc.StatusCode.UNAUTHENTICATED: "authentication_error",

@@ -148,8 +148,9 @@ def test_bad_requests_get_clear_errors(http: httpx.Client, body: Any, status: in
 @pytest.mark.parametrize(("headers", "code"), [({}, "missing_api_key"),
                                                ({"authorization": "Bearer wrong"}, "invalid_api_key"),
                                                ({"authorization": "Basic abc"}, "missing_api_key")])
-def test_auth_errors(base_url: str, headers: dict[str, str], code: str) -> None:
-    reply = httpx.post(f"{base_url}/v1/responses", json={"input": "x"}, headers=headers)
+@pytest.mark.parametrize("stream", [False, True])
+def test_auth_errors(base_url: str, headers: dict[str, str], code: str, stream: bool) -> None:
+    reply = httpx.post(f"{base_url}/v1/responses", json={"input": "x", "stream": stream}, headers=headers)
     assert reply.status_code == 401
     assert reply.json()["error"]["type"] == "authentication_error"
     assert reply.json()["error"]["code"] == code

@@ -34,6 +34,8 @@ def base_url() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 @pytest.fixture()
@@ -59,7 +61,8 @@ def _sse(client: httpx.Client, body: dict[str, Any]) -> list[Any]:
 
 def test_echo_non_stream(client: httpx.Client) -> None:
     msgs = [{"role": "system", "content": "be brief"},
-            {"role": "user", "content": [{"type": "text", "text": "hello big"}, {"type": "input_text", "text": " world"}]}]
+            {"role": "user", "content": [{"type": "text", "text": "hello big"},
+                                         {"type": "input_text", "text": " world"}]}]
     r = client.post("/v1/chat/completions", json={"model": "echo", "messages": msgs})
     assert r.status_code == 200
     body = r.json()

@@ -1,0 +1,247 @@
+"""Shared pieces of the benchmarks: start the fake upstream and `switchboard serve`, account the CPU of every
+process, a minimal keep-alive HTTP/1.1 client, and percentiles.
+
+The stack is started like ``tests/e2e/stack.py`` does (same config writer), except that the serve process writes
+its output (including Envoy's per-request JSON access log) to a file instead of a pipe read by a thread of the
+benchmark process: that thread would compete with the load generator for the GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tests.e2e.stack import API_KEY, ROOT, Process, start_upstream, write_config
+
+__all__ = ["API_KEY", "Bench", "CpuMeter", "RawHttp", "percentile", "start_bench"]
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _clean_env() -> dict[str, str]:
+    # No OTLP export in the benchmark (it would make the service and edge trace every request).
+    return {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return found
+    for tid in tasks:
+        try:
+            found += [int(x) for x in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads), from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Bench:
+    """The running processes: fake upstream, and `switchboard serve` with its edge and Envoy children."""
+
+    upstream_process: Process
+    upstream: str
+    serve: subprocess.Popen[bytes]
+    log_path: Path
+    tmp: tempfile.TemporaryDirectory[str]
+    grpc: str
+    http: str
+    envoy: str
+    envoy_grpc: str | None
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        try:
+            if self.serve.poll() is None:
+                self.serve.send_signal(signal.SIGTERM)
+                try:
+                    self.serve.wait(25)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.serve.pid, signal.SIGKILL)
+                    self.serve.wait(5)
+            # Anything of the serve process group that outlived it (edge, Envoy).
+            try:
+                os.killpg(self.serve.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        finally:
+            self.upstream_process.stop()
+            self.tmp.cleanup()
+
+
+def _wait_ready(serve: subprocess.Popen[bytes], log_path: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "switchboard: ready" in log_path.read_text(errors="replace"):
+            return
+        if serve.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError(f"switchboard serve did not become ready:\n{log_path.read_text(errors='replace')[-4000:]}")
+
+
+def start_bench() -> Bench:
+    """Starts the fake upstream and `switchboard serve` (service, edge, Envoy; no local model)."""
+    upstream_process, upstream = start_upstream()
+    tmp = tempfile.TemporaryDirectory(prefix="switchboard-bench-")
+    serve: subprocess.Popen[bytes] | None = None
+    try:
+        config_path = Path(tmp.name) / "switchboard.yaml"
+        ports = write_config(config_path, upstream, envoy=True, local_model=False)
+        log_path = Path(tmp.name) / "serve.log"
+        with log_path.open("wb") as log:
+            serve = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "serve", "--config", str(config_path)],
+                cwd=ROOT, env=_clean_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        _wait_ready(serve, log_path)
+        bench = Bench(upstream_process, upstream, serve, log_path, tmp, ports["grpc"], f"http://{ports['http']}",
+                      f"http://{ports['envoy']}", ports.get("envoy_grpc"))
+        bench.pids["upstream"] = upstream_process.proc.pid
+        bench.pids["service"] = serve.pid
+        for child in _children(serve.pid):
+            cmd = _cmdline(child)
+            if "envoy" in cmd.split(" ", 1)[0]:
+                bench.pids["envoy"] = child
+            elif "service.cli edge" in cmd:
+                bench.pids["edge"] = child
+        return bench
+    except BaseException:
+        if serve is not None and serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait(5)
+        upstream_process.stop()
+        tmp.cleanup()
+        raise
+
+
+class CpuMeter:
+    """CPU seconds spent by each process (and by this client process) between start() and stop()."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._start: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+        self.wall = 0.0
+
+    def _sample(self) -> dict[str, float]:
+        sample = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        sample["client"] = self_cpu()
+        sample["wall"] = time.perf_counter()
+        return sample
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._sample()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._sample()
+        self.wall = end.pop("wall") - self._start.pop("wall")
+        self.used = {name: end[name] - self._start[name] for name in end}
+
+    def per_request_ms(self, count: int) -> dict[str, float]:
+        return {name: 1000 * seconds / count for name, seconds in self.used.items()}
+
+
+class RawHttp:
+    """One keep-alive HTTP/1.1 connection with a minimal parser (Content-Length or chunked bodies).
+
+    Much cheaper per request than httpx, so the load generator does not steal the CPU the gateway needs.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, url: str) -> RawHttp:
+        parts = urlsplit(url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port, limit=1 << 20)
+        return cls(reader, writer)
+
+    @staticmethod
+    def build(url: str, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+        host = urlsplit(url).netloc
+        lines = [f"POST {path} HTTP/1.1", f"host: {host}", "content-type: application/json",
+                 f"content-length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+    async def head(self, request: bytes) -> tuple[int, bytes]:
+        """Sends a prepared request; returns the status and the raw (lower-cased) header block."""
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        return int(head[9:12]), head.lower()
+
+    async def request(self, request: bytes) -> tuple[int, bytes]:
+        status, head = await self.head(request)
+        start = head.find(b"\r\ncontent-length:")
+        if start >= 0:
+            end = head.index(b"\r\n", start + 2)
+            return status, await self.reader.readexactly(int(head[start + 17:end]))
+        if b"\r\ntransfer-encoding: chunked" in head:
+            chunks = []
+            while chunk := await self.chunk():
+                chunks.append(chunk)
+            return status, b"".join(chunks)
+        raise RuntimeError(f"response without a length: {head!r}")
+
+    async def chunk(self) -> bytes:
+        """The next chunk of a chunked body; b"" at its end."""
+        size = int((await self.reader.readuntil(b"\r\n"))[:-2].split(b";", 1)[0], 16)
+        if size == 0:
+            await self.reader.readuntil(b"\r\n")  # no trailers expected
+            return b""
+        data = await self.reader.readexactly(size + 2)
+        return data[:-2]
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of unsorted values (q in 0..100)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[rank]

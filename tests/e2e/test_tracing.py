@@ -1,0 +1,61 @@
+"""One trace from the client through Envoy, the edge, the service and the upstream HTTP call."""
+
+from __future__ import annotations
+
+import secrets
+
+import httpx
+
+from tests.e2e.stack import API_KEY, Stack
+from tests.fakes.otlp import Collector, Span
+
+SPAN_KIND_SERVER, SPAN_KIND_CLIENT = 2, 3
+
+
+def _has_all(spans: list[Span]) -> bool:
+    services = {s.service for s in spans}
+    upstream = [s for s in spans if s.service == "switchboard-service" and s.kind == SPAN_KIND_CLIENT]
+    return {"switchboard-edge", "switchboard-service"} <= services and bool(upstream)
+
+
+def test_traceparent_flows_through_every_hop(stack: Stack, collector: Collector) -> None:
+    trace_id = secrets.token_hex(16)
+    parent = secrets.token_hex(8)
+    reply = httpx.post(
+        f"{stack.envoy}/v1/responses",
+        headers={"authorization": f"Bearer {API_KEY}", "traceparent": f"00-{trace_id}-{parent}-01",
+                 "x-session-id": "header-session"},
+        json={"input": "trace me", "session_id": "body-session", "user": "user-1",
+              "trace": {"trace_name": "checkout", "generation_name": "gen-1", "team": "payments"}},
+        timeout=30,
+    )
+    assert reply.status_code == 200
+    spans = collector.wait_for(trace_id, _has_all)
+    assert _has_all(spans), [(s.service, s.name, s.kind) for s in spans]
+    by_id = {s.span_id: s for s in spans}
+
+    edge = [s for s in spans if s.service == "switchboard-edge" and s.kind == SPAN_KIND_SERVER]
+    assert edge and edge[0].parent_span_id == parent, "the edge span continues the client's trace"
+    service = [s for s in spans if s.service == "switchboard-service" and s.kind == SPAN_KIND_SERVER]
+    assert service, "the service has a server span"
+    assert by_id[service[0].parent_span_id].service == "switchboard-edge", "edge -> service via gRPC metadata"
+    upstream = [s for s in spans if s.service == "switchboard-service" and s.kind == SPAN_KIND_CLIENT]
+    assert upstream[0].parent_span_id == service[0].span_id, "the upstream HTTP call is a child of the service span"
+
+    attributes = service[0].attributes
+    assert attributes["session.id"] == "body-session", "the body's session_id wins over x-session-id"
+    assert attributes["user.id"] == "user-1"
+    assert attributes["switchboard.trace.trace_name"] == "checkout"
+    assert attributes["switchboard.trace.generation_name"] == "gen-1"
+    assert attributes["switchboard.trace.team"] == "payments"
+    assert edge[0].attributes["session.id"] == "body-session"
+
+
+def test_header_session_is_used_without_a_body_session(stack: Stack, collector: Collector) -> None:
+    trace_id = secrets.token_hex(16)
+    httpx.post(f"{stack.http}/v1/responses", json={"input": "x"}, timeout=30, headers={
+        "authorization": f"Bearer {API_KEY}", "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01",
+        "x-session-id": "header-session"})
+    spans = collector.wait_for(trace_id, _has_all)
+    service = [s for s in spans if s.service == "switchboard-service" and s.kind == SPAN_KIND_SERVER]
+    assert service and service[0].attributes["session.id"] == "header-session"
