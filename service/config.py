@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 import yaml
 
+from service.crypto import parse_key
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENVOY_TEMPLATE = REPO_ROOT / "deploy" / "envoy" / "envoy.yaml"
 PROVIDER_KINDS = ("openai-chat", "llama-cpp")
@@ -64,6 +66,10 @@ class Config:
     # Whether gen_ai spans may record prompt and completion text.
     record_content: bool = False
     otel_enabled: bool = False
+    # 32-byte key for encrypted reasoning and compactions; a random per-process key when unset.
+    encryption_key: bytes | None = None
+    # USD per million tokens by model name: {"prompt": .., "completion": ..}.
+    prices: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def provider(self, name: str) -> ProviderConfig | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -132,6 +138,18 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
     tools = data.get("unsupported_tools", "omit")
     if tools not in ("omit", "reject"):
         raise ConfigError("unsupported_tools: 'omit' or 'reject'")
+    try:
+        sealing_key = parse_key(env.get(str(data.get("encryption_key_env") or "SWITCHBOARD_ENCRYPTION_KEY"))
+                        or data.get("encryption_key"))
+    except ValueError as exc:
+        raise ConfigError(f"encryption_key: {exc}") from None
+    if sealing_key is not None and len(sealing_key) != 32:
+        raise ConfigError("encryption_key: must be 32 bytes, base64-encoded")
+    prices: dict[str, tuple[float, float]] = {}
+    for name, price in (data.get("pricing") or {}).items():
+        if not isinstance(price, dict) or not all(isinstance(price.get(k, 0), int | float) for k in price):
+            raise ConfigError(f"pricing.{name}: expected {{prompt: USD per 1M tokens, completion: ...}}")
+        prices[str(name)] = (float(price.get("prompt", 0)), float(price.get("completion", 0)))
     otel = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
     return Config(
         server=server,
@@ -142,6 +160,8 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
         unsupported_tools=tools,
         record_content=bool(data.get("record_content", False)),
         otel_enabled=otel and env.get("OTEL_SDK_DISABLED", "").lower() != "true",
+        encryption_key=sealing_key,
+        prices=prices,
     )
 
 

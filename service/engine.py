@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+
+import orjson
 
 from service.errors import ApiError
 from service.providers.base import (
@@ -19,6 +22,7 @@ from service.providers.base import (
     ReasoningSummaryDelta,
     RefusalDelta,
     TextDelta,
+    TokenLogprob,
     ToolCallDelta,
     UsageDelta,
 )
@@ -35,6 +39,30 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(24)}"
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """What the request allows the engine to emit."""
+
+    # Function names a call may use (upstream names); None allows any. A call outside them is dropped.
+    allowed_tools: frozenset[str] | None = None
+    # Upstream function name -> (namespace, name) for namespaced tools.
+    tool_names: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    max_tool_calls: int | None = None
+    parallel_tool_calls: bool = True
+    logprobs: bool = False
+    # Encrypts a reasoning item's text (include=reasoning.encrypted_content).
+    seal_reasoning: Callable[[bytes], str] | None = None
+    # USD per million input and output tokens.
+    prices: tuple[float, float] | None = None
+
+
+def logprob_pb(entry: TokenLogprob) -> content_pb2.LogProb:
+    return content_pb2.LogProb(
+        token=entry.token, logprob=entry.logprob, bytes=entry.bytes,
+        top_logprobs=[content_pb2.TopLogProb(token=t, logprob=lp, bytes=b) for t, lp, b in entry.top],
+    )
+
+
 @dataclass
 class _Open:
     """An output item being streamed, and its open content part (if any)."""
@@ -44,14 +72,18 @@ class _Open:
     part_kind: str | None = None  # "output_text" | "refusal" | "reasoning_text" | "summary_text"
     part_index: int = -1
     text: list[str] = field(default_factory=list)
+    logprobs: list[content_pb2.LogProb] = field(default_factory=list)
 
 
 class TurnEngine:
-    def __init__(self, response: response_pb2.Response) -> None:
+    def __init__(self, response: response_pb2.Response, options: EngineOptions | None = None) -> None:
         self.response = response
+        self.options = options or EngineOptions()
         self._seq = 0
         self._current: _Open | None = None
         self._calls: dict[int, _Open] = {}
+        self._dropped_calls: set[int] = set()
+        self._call_count = 0
         self._usage = UsageDelta()
         self._finish: str | None = None
         self.terminal = False
@@ -83,7 +115,7 @@ class TurnEngine:
 
     def feed(self, delta: Delta) -> list[Event]:
         if isinstance(delta, TextDelta):
-            return self._content("message", "output_text", delta.text)
+            return self._content("message", "output_text", delta.text, delta.logprobs)
         if isinstance(delta, RefusalDelta):
             return self._content("message", "refusal", delta.text)
         if isinstance(delta, ReasoningDelta):
@@ -125,7 +157,8 @@ class TurnEngine:
         copy.CopyFrom(self._item(index))
         return self._event(output_item_added=events_pb2.OutputItemEvent(output_index=index, item=copy))
 
-    def _content(self, kind: str, part_kind: str, text: str) -> list[Event]:
+    def _content(self, kind: str, part_kind: str, text: str,
+                 logprobs: tuple[TokenLogprob, ...] = ()) -> list[Event]:
         if not text:
             return []
         events: list[Event] = []
@@ -143,6 +176,9 @@ class TurnEngine:
         index, part = current.index, current.part_index
         if part_kind == "output_text":
             delta = events_pb2.OutputTextDeltaEvent(item_id=item_id, output_index=index, content_index=part, delta=text)
+            if logprobs and self.options.logprobs:
+                delta.logprobs.extend(logprob_pb(e) for e in logprobs)
+                current.logprobs.extend(delta.logprobs)
             events.append(self._event(output_text_delta=delta))
         elif part_kind == "summary_text":
             summary = events_pb2.SummaryTextDeltaEvent(
@@ -194,6 +230,8 @@ class TurnEngine:
         text = "".join(current.text)
         item = self._item(current.index)
         part = self._part(kind, text)
+        if kind == "output_text":
+            part.output_text.logprobs.extend(current.logprobs)
         if kind == "summary_text":
             item.reasoning.summary[current.part_index].CopyFrom(part)
         elif current.kind == "reasoning":
@@ -211,7 +249,7 @@ class TurnEngine:
             ]
         if kind == "output_text":
             done = self._event(output_text_done=events_pb2.OutputTextDoneEvent(
-                item_id=item_id, output_index=index, content_index=at, text=text))
+                item_id=item_id, output_index=index, content_index=at, text=text, logprobs=current.logprobs))
         elif kind == "refusal":
             done = self._event(refusal_done=events_pb2.RefusalDoneEvent(
                 item_id=item_id, output_index=index, content_index=at, refusal=text))
@@ -228,6 +266,11 @@ class TurnEngine:
         kind = item.WhichOneof("item")
         sub = getattr(item, str(kind))
         sub.status = status
+        if kind == "reasoning" and self.options.seal_reasoning is not None:
+            sub.encrypted_content = self.options.seal_reasoning(orjson.dumps({
+                "content": [p.reasoning_text.text for p in sub.content if p.HasField("reasoning_text")],
+                "summary": [p.summary_text.text for p in sub.summary if p.HasField("summary_text")],
+            }))
         if kind == "function_call":
             arguments = "".join(opened.text)
             sub.arguments = arguments
@@ -242,10 +285,25 @@ class TurnEngine:
         current, self._current = self._current, None
         return self._close_item(current, status) if current is not None else []
 
+    def _accepts_call(self, name: str) -> bool:
+        """The request's tool rules are hard constraints: a call that breaks them is never returned."""
+        options = self.options
+        if options.allowed_tools is not None and name not in options.allowed_tools:
+            return False
+        if options.max_tool_calls is not None and self._call_count >= options.max_tool_calls:
+            return False
+        return options.parallel_tool_calls or self._call_count == 0
+
     def _tool_call(self, delta: ToolCallDelta) -> list[Event]:
+        if delta.index in self._dropped_calls:
+            return []
         events: list[Event] = []
         opened = self._calls.get(delta.index)
         if opened is None:
+            if not self._accepts_call(delta.name or ""):
+                self._dropped_calls.add(delta.index)
+                return []
+            self._call_count += 1
             events += self._close_current(COMPLETED)
             index = len(self.response.output)
             item = self.response.output.add()
@@ -253,6 +311,8 @@ class TurnEngine:
             call.id = new_id("fc")
             call.call_id = delta.call_id or new_id("call")
             call.name = delta.name or ""
+            if call.name in self.options.tool_names:
+                call.namespace, call.name = self.options.tool_names[call.name]
             call.status = IN_PROGRESS
             opened = self._calls[delta.index] = _Open(index=index, kind="function_call")
             events.append(self._added(index))
@@ -285,6 +345,9 @@ class TurnEngine:
             input_tokens_details=response_pb2.InputTokensDetails(cached_tokens=u.cached_tokens),
             output_tokens_details=response_pb2.OutputTokensDetails(reasoning_tokens=u.reasoning_tokens),
         ))
+        if self.options.prices is not None:
+            prompt, completion = self.options.prices
+            self.response.usage.cost = (u.input_tokens * prompt + u.output_tokens * completion) / 1_000_000
 
     def _output_text(self) -> str:
         texts = []

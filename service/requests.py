@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
+import orjson
 
 from service.config import Config
-from service.engine import new_id
+from service.crypto import Sealer
+from service.engine import EngineOptions, new_id
 from service.errors import ApiError, invalid
 from service.providers.base import Turn
 from switchboard.responses.v1 import (
+    content_pb2,
     items_pb2,
     response_pb2,
     responses_service_pb2,
@@ -41,6 +44,21 @@ class Prepared:
     response: response_pb2.Response
     model: ModelRef
     omitted_tools: tuple[str, ...]
+    options: EngineOptions = field(default_factory=EngineOptions)
+
+
+REASONING_PURPOSE = "reasoning.v1"
+# Namespaced tools reach the upstream as plain functions named <namespace>__<name>.
+NAMESPACE_SEPARATOR = "__"
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    functions: list[tools_pb2.FunctionTool]
+    choice: tools_pb2.ToolChoice | None
+    allowed: frozenset[str]
+    names: dict[str, tuple[str, str]]
+    omitted: tuple[str, ...]
 
 
 def resolve_model(name: str, config: Config, param: str = "model") -> ModelRef:
@@ -65,9 +83,10 @@ def _tool_type(tool: tools_pb2.Tool) -> str:
     return str(kind)
 
 
-def split_tools(request: Request, config: Config) -> tuple[list[tools_pb2.FunctionTool], tuple[str, ...]]:
-    """The function tools a provider receives, and the types of the tools left out."""
+def plan_tools(request: Request, config: Config) -> ToolPlan:
+    """The functions the upstream sees, the tool choice it gets, and the calls the engine may return."""
     functions: list[tools_pb2.FunctionTool] = []
+    names: dict[str, tuple[str, str]] = {}
     omitted: list[str] = []
     for index, tool in enumerate(request.tools):
         kind = tool.WhichOneof("tool")
@@ -78,7 +97,13 @@ def split_tools(request: Request, config: Config) -> tuple[list[tools_pb2.Functi
                 if inner.WhichOneof("tool") != "function":
                     raise invalid("Namespace tools may contain only function tools.",
                                   f"tools[{index}].tools[{inner_index}]")
-                functions.append(inner.function)
+                flat = tools_pb2.FunctionTool()
+                flat.CopyFrom(inner.function)
+                flat.name = f"{tool.namespace.name}{NAMESPACE_SEPARATOR}{inner.function.name}"
+                if tool.namespace.description and not flat.description:
+                    flat.description = tool.namespace.description
+                names[flat.name] = (tool.namespace.name, inner.function.name)
+                functions.append(flat)
         elif config.unsupported_tools == "reject":
             raise invalid(
                 f"Tool type {_tool_type(tool)!r} is not supported by this gateway.", f"tools[{index}].type",
@@ -86,10 +111,22 @@ def split_tools(request: Request, config: Config) -> tuple[list[tools_pb2.Functi
             )
         else:
             omitted.append(_tool_type(tool))
-    return functions, tuple(omitted)
+    allowed = frozenset(f.name for f in functions)
+    choice = request.tool_choice if request.HasField("tool_choice") else None
+    choice_kind = choice.WhichOneof("choice") if choice is not None else None
+    if choice is not None and choice_kind == "mode" and choice.mode == tools_pb2.TOOL_CHOICE_MODE_NONE:
+        allowed = frozenset()
+    elif choice is not None and choice_kind == "function":
+        allowed = allowed & {choice.function.name}
+    elif choice is not None and choice_kind == "allowed_tools":
+        listed = {t.function.name for t in choice.allowed_tools.tools if t.WhichOneof("tool") == "function"}
+        allowed = allowed & listed
+        functions = [f for f in functions if f.name in allowed]
+        choice = tools_pb2.ToolChoice(mode=choice.allowed_tools.mode or tools_pb2.TOOL_CHOICE_MODE_AUTO)
+    return ToolPlan(functions=functions, choice=choice, allowed=allowed, names=names, omitted=tuple(omitted))
 
 
-def conversation(request: Request) -> list[items_pb2.Item]:
+def conversation(request: Request, sealer: Sealer | None = None) -> list[items_pb2.Item]:
     """Instructions as the first system message, then the input items."""
     items: list[items_pb2.Item] = []
     if request.HasField("instructions") and request.instructions:
@@ -114,11 +151,37 @@ def conversation(request: Request) -> list[items_pb2.Item]:
                 raise invalid(f"Input items of type {tag!r} are not supported.", f"input[{index}].type")
             if kind == "message" and item.message.role == items_pb2.MESSAGE_ROLE_UNSPECIFIED:
                 raise invalid("Missing required parameter: 'role'.", f"input[{index}].role")
-            items.append(item)
+            items.append(_for_upstream(item, index, sealer))
     if which is None or (which == "items" and not request.input.items.items):
         raise invalid("The request has no input: give 'input' as a string or a list of items.", "input",
                       code="missing_input")
     return items
+
+
+def _for_upstream(item: items_pb2.Item, index: int, sealer: Sealer | None) -> items_pb2.Item:
+    """Namespaced calls get their flat upstream name; encrypted reasoning is restored."""
+    kind = item.WhichOneof("item")
+    if kind == "function_call" and item.function_call.HasField("namespace"):
+        flat = items_pb2.Item()
+        flat.CopyFrom(item)
+        flat.function_call.name = f"{item.function_call.namespace}{NAMESPACE_SEPARATOR}{item.function_call.name}"
+        flat.function_call.ClearField("namespace")
+        return flat
+    if kind == "reasoning" and item.reasoning.encrypted_content and sealer is not None:
+        param = f"input[{index}].encrypted_content"
+        data = orjson.loads(sealer.open(item.reasoning.encrypted_content, REASONING_PURPOSE, param))
+        restored = items_pb2.Item()
+        restored.CopyFrom(item)
+        if not restored.reasoning.content:
+            restored.reasoning.content.extend(
+                content_pb2.ContentPart(reasoning_text=content_pb2.ReasoningTextContent(text=text))
+                for text in data.get("content", []))
+        if not restored.reasoning.summary:
+            restored.reasoning.summary.extend(
+                content_pb2.ContentPart(summary_text=content_pb2.SummaryTextContent(text=text))
+                for text in data.get("summary", []))
+        return restored
+    return item
 
 
 def _tool_type_of_item(item: items_pb2.Item) -> str:
@@ -166,28 +229,43 @@ def initial_response(request: Request, model: ModelRef, store: bool) -> response
     return r
 
 
-def prepare(request: Request, config: Config, *, stream: bool, timeout: float | None) -> Prepared:
+def prepare(request: Request, config: Config, *, stream: bool, timeout: float | None,
+            sealer: Sealer | None = None) -> Prepared:
     name = request.model if request.HasField("model") and request.model else config.default_model
     if not name:
         raise invalid("Missing required parameter: 'model' (no default model is configured).", "model")
     model = resolve_model(name, config)
-    functions, omitted = split_tools(request, config)
+    tools = plan_tools(request, config)
     turn = Turn(
         model=model.model,
-        items=conversation(request),
+        items=conversation(request, sealer),
         stream=stream,
-        tools=functions,
+        tools=tools.functions,
+        tool_choice=tools.choice,
         timeout=timeout,
     )
     for name in ("max_output_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty",
                  "top_k", "top_logprobs", "parallel_tool_calls", "user"):
         if request.HasField(name):  # type: ignore[arg-type]
             setattr(turn, name, getattr(request, name))
-    if request.HasField("tool_choice"):
-        turn.tool_choice = request.tool_choice
     if request.HasField("text"):
         turn.text = request.text
     if request.HasField("reasoning"):
         turn.reasoning = request.reasoning
     store = request.store if request.HasField("store") else False
-    return Prepared(turn=turn, response=initial_response(request, model, store), model=model, omitted_tools=omitted)
+    include = set(request.include)
+    seal = None
+    if sealer is not None and responses_service_pb2.INCLUDE_REASONING_ENCRYPTED_CONTENT in include:
+        def seal(data: bytes) -> str:
+            return sealer.seal(data, REASONING_PURPOSE)
+    options = EngineOptions(
+        allowed_tools=tools.allowed,
+        tool_names=tools.names,
+        max_tool_calls=request.max_tool_calls if request.HasField("max_tool_calls") else None,
+        parallel_tool_calls=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True,
+        logprobs=responses_service_pb2.INCLUDE_MESSAGE_OUTPUT_TEXT_LOGPROBS in include,
+        seal_reasoning=seal,
+        prices=config.prices.get(model.full),
+    )
+    return Prepared(turn=turn, response=initial_response(request, model, store), model=model,
+                    omitted_tools=tools.omitted, options=options)

@@ -11,6 +11,7 @@ import grpc
 from service import telemetry
 from service.auth import abort
 from service.config import Config
+from service.crypto import Sealer
 from service.engine import TurnEngine
 from service.errors import ApiError, internal
 from service.providers.base import Delta, Provider
@@ -31,12 +32,14 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
     def __init__(self, config: Config, providers: dict[str, Provider]) -> None:
         self._config = config
         self._providers = providers
+        self._sealer = Sealer(config.encryption_key)
 
     async def _prepare(self, request: responses_service_pb2.CreateResponseRequest, context: Context,
                        *, stream: bool) -> tuple[Prepared, Provider]:
         metadata = tuple(context.invocation_metadata() or ())
         telemetry.annotate(request, metadata)
-        prepared = prepare(request, self._config, stream=stream, timeout=context.time_remaining())
+        prepared = prepare(request, self._config, stream=stream, timeout=context.time_remaining(),
+                           sealer=self._sealer)
         if prepared.omitted_tools:
             await context.send_initial_metadata(((OMITTED_TOOLS_HEADER, ",".join(prepared.omitted_tools)),))
         return prepared, self._providers[prepared.model.provider]
@@ -46,7 +49,7 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
     ) -> response_pb2.Response:
         try:
             prepared, provider = await self._prepare(request, context, stream=False)
-            engine = TurnEngine(prepared.response)
+            engine = TurnEngine(prepared.response, prepared.options)
             engine.start()
             async for delta in provider.stream(prepared.turn):
                 engine.feed(delta)
@@ -81,7 +84,7 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
             await deltas.aclose()
             await abort(context, internal())
             return
-        engine = TurnEngine(prepared.response)
+        engine = TurnEngine(prepared.response, prepared.options)
         try:
             for event in engine.start():
                 yield event

@@ -23,6 +23,7 @@ from service.providers.base import (
     ReasoningDelta,
     RefusalDelta,
     TextDelta,
+    TokenLogprob,
     ToolCallDelta,
     Turn,
     UsageDelta,
@@ -321,6 +322,22 @@ def finish_reason(raw: str | None, saw_tool_calls: bool) -> FinishReason:
     return "tool_calls" if saw_tool_calls and reason == "stop" else reason
 
 
+def logprobs_of(choice: JSON) -> tuple[TokenLogprob, ...]:
+    """Token log probabilities of a choice (``logprobs.content``), when the upstream sent them."""
+    logprobs = choice.get("logprobs")
+    entries = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not entries:
+        return ()
+    return tuple(
+        TokenLogprob(
+            token=e.get("token", ""), logprob=float(e.get("logprob", 0.0)), bytes=tuple(e.get("bytes") or ()),
+            top=tuple((t.get("token", ""), float(t.get("logprob", 0.0)), tuple(t.get("bytes") or ()))
+                      for t in e.get("top_logprobs") or ()),
+        )
+        for e in entries
+    )
+
+
 def usage_delta(usage: JSON) -> UsageDelta:
     prompt = usage.get("prompt_tokens_details") or {}
     completion = usage.get("completion_tokens_details") or {}
@@ -346,7 +363,7 @@ def parse_completion(data: Any) -> list[Delta]:
     if reasoning:
         deltas.append(ReasoningDelta(reasoning))
     if msg.get("content"):
-        deltas.append(TextDelta(msg["content"]))
+        deltas.append(TextDelta(msg["content"], logprobs_of(choice)))
     if msg.get("refusal"):
         deltas.append(RefusalDelta(msg["refusal"]))
     calls = msg.get("tool_calls") or []

@@ -30,6 +30,7 @@ from service.providers.chat_translate import (
     build_body,
     finish_reason,
     interrupted,
+    logprobs_of,
     parse_completion,
     protocol_error,
     status_error,
@@ -131,7 +132,7 @@ class OpenAIChatProvider:
                                         yield ReasoningDelta(text)
                                     text = delta.get("content")
                                     if text:
-                                        yield TextDelta(text)
+                                        yield TextDelta(text, logprobs_of(choice))
                                     text = delta.get("refusal")
                                     if text:
                                         yield RefusalDelta(text)

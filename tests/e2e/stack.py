@@ -110,6 +110,8 @@ def write_config(path: Path, upstream: str, *, envoy: bool = True, extra: dict[s
         "store": f"sqlite:///{path.parent / 'switchboard.db'}",
         "providers": providers,
         "default_model": "fake/echo",
+        "pricing": {"fake/echo": {"prompt": 1.0, "completion": 2.0}},
+        "encryption_key": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
         **(extra or {}),
     }
     path.write_text(yaml.safe_dump(config))

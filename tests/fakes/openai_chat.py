@@ -140,7 +140,14 @@ def _completion(r: _Reply, model: str) -> bytes:
     })
 
 
-def _stream(r: _Reply, model: str, include_usage: bool) -> list[bytes]:
+def _logprobs(piece: str, top: int) -> JSON:
+    """Deterministic log probabilities: -0.1 per character, alternatives one step less likely each."""
+    def entry(token: str, rank: int) -> JSON:
+        return {"token": token, "logprob": -0.1 * len(token) - rank, "bytes": list(token.encode())}
+    return {"content": [{**entry(piece, 0), "top_logprobs": [entry(piece, i) for i in range(top)]}], "refusal": None}
+
+
+def _stream(r: _Reply, model: str, include_usage: bool, top_logprobs: int | None = None) -> list[bytes]:
     base: JSON = {"id": "chatcmpl-" + secrets.token_hex(14), "object": "chat.completion.chunk",
                   "created": int(time.time()), "model": model, "service_tier": "default",
                   "system_fingerprint": _FP}
@@ -148,7 +155,9 @@ def _stream(r: _Reply, model: str, include_usage: bool) -> list[bytes]:
         base["usage"] = None
 
     def chunk(delta: JSON, finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        wanted = top_logprobs is not None and delta.get("content")
+        logprobs = _logprobs(delta["content"], top_logprobs or 0) if wanted else None
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
 
     parts = [chunk({"role": "assistant", "content": "", "refusal": None})]
@@ -265,7 +274,8 @@ class ChatCompletions:
             return
         opts = body.get("stream_options")
         include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-        parts = _stream(reply, model, include_usage)
+        top = body.get("top_logprobs") if body.get("logprobs") else None
+        parts = _stream(reply, model, include_usage, top if isinstance(top, int) else None)
         drop = 1 + len(reply.reasoning) + min(3, len(reply.content)) if model == "drop-mid-stream" else None
         await _deliver(receive, send, parts, True, delay, gap, drop)
 
