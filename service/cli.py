@@ -16,11 +16,12 @@ from typing import Any
 import httpx
 import uvloop
 
-from service import telemetry
+from service import metrics, telemetry
 from service.config import Config, ConfigError, load, parse_address
 from service.envoy import EnvoyAddresses, EnvoyProcess, render_config
 from service.providers.registry import build_all
 from service.server import create_server, mark_serving
+from service.turns import TurnRunner
 
 log = logging.getLogger("switchboard")
 
@@ -40,8 +41,11 @@ async def _stop_signal() -> None:
 async def run_service(config: Config, until: asyncio.Future[None] | None = None,
                       ready: asyncio.Event | None = None) -> None:
     telemetry.setup("switchboard-service", enabled=config.otel_enabled, grpc_server=True, httpx_client=True)
+    meters = metrics.setup("switchboard-service", otlp=config.otel_enabled,
+                           prometheus=parse_address(config.server.metrics, "server.metrics")
+                           if config.server.metrics else None)
     providers = build_all(config)
-    server, port, health = create_server(config, providers)
+    server, port, health = create_server(config, TurnRunner(config, providers, meters))
     await server.start()
     for provider in providers.values():
         warm_up = getattr(provider, "warm_up", None)
@@ -60,6 +64,7 @@ async def run_service(config: Config, until: asyncio.Future[None] | None = None,
         for provider in providers.values():
             await provider.aclose()
         telemetry.shutdown()
+        metrics.shutdown()
 
 
 async def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

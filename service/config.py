@@ -42,6 +42,8 @@ class ServerConfig:
     grpc_target: str | None = None
     # Deadline of a unary call made by the edge, in seconds.
     request_timeout: float = 600.0
+    # Prometheus scrape endpoint of the service (OpenTelemetry metrics); unset = off.
+    metrics: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
         path = Path(server_raw["envoy_config"])
         server_raw["envoy_config"] = path if path.is_absolute() else (base_dir or Path.cwd()) / path
     server = ServerConfig(**server_raw)
-    for key in ("grpc", "http", "envoy", "envoy_grpc", "envoy_admin"):
+    for key in ("grpc", "http", "envoy", "envoy_grpc", "envoy_admin", "metrics"):
         value = getattr(server, key)
         if value is not None:
             parse_address(value, f"server.{key}")

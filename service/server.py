@@ -8,15 +8,15 @@ from grpc_reflection.v1alpha import reflection
 
 from service.auth import ApiKeys, AuthInterceptor
 from service.config import Config
-from service.providers.base import Provider
 from service.servicer import ResponsesServicer
+from service.turns import TurnRunner
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
 
 SERVICE_NAME = responses_service_pb2.DESCRIPTOR.services_by_name["Responses"].full_name
 _MAX_MESSAGE = 64 * 1024 * 1024
 
 
-def create_server(config: Config, providers: dict[str, Provider],
+def create_server(config: Config, runner: TurnRunner,
                   address: str | None = None) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A started-ready (not yet started) server bound to ``address`` (port 0 picks a free port)."""
     server = grpc.aio.server(
@@ -27,7 +27,7 @@ def create_server(config: Config, providers: dict[str, Provider],
             ("grpc.so_reuseport", 0),
         ],
     )
-    responses_service_pb2_grpc.add_ResponsesServicer_to_server(ResponsesServicer(config, providers), server)
+    responses_service_pb2_grpc.add_ResponsesServicer_to_server(ResponsesServicer(runner), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

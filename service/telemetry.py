@@ -10,7 +10,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from switchboard.responses.v1 import responses_service_pb2
+from switchboard.responses.v1 import items_pb2, responses_service_pb2
 
 _KNOWN_TRACE_KEYS = ("trace_id", "trace_name", "span_name", "generation_name", "parent_span_id")
 _configured = False
@@ -86,3 +86,20 @@ def annotate(request: responses_service_pb2.CreateResponseRequest,
             kind = value.WhichOneof("kind")
             if kind in ("string_value", "number_value", "bool_value"):
                 span.set_attribute(f"switchboard.trace.{key}", getattr(value, str(kind)))
+
+
+def item_summary(item: items_pb2.Item) -> dict[str, Any]:
+    """A compact, readable form of an item for gen_ai.*.messages (recorded only when config allows)."""
+    kind = item.WhichOneof("item")
+    if kind == "message":
+        from service.providers.base import message_text, role_name
+
+        return {"role": role_name(item.message.role), "content": message_text(item.message)}
+    if kind == "function_call":
+        return {"role": "assistant", "tool_call": {"id": item.function_call.call_id, "name": item.function_call.name,
+                                                   "arguments": item.function_call.arguments}}
+    if kind == "function_call_output":
+        output = item.function_call_output.output
+        return {"role": "tool", "id": item.function_call_output.call_id,
+                "content": output.text if output.WhichOneof("value") == "text" else "[parts]"}
+    return {"type": str(kind)}

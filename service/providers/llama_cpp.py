@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from service.errors import invalid
 from service.providers.base import Delta, Finish, TextDelta, Turn, UsageDelta, message_text
 from switchboard.responses.v1 import items_pb2
 
@@ -109,6 +110,7 @@ class LlamaCppProvider:
                 await asyncio.to_thread(llm.close)
 
     async def stream(self, turn: Turn) -> AsyncGenerator[Delta, None]:
+        _require_text_only(turn.items)
         deadline = None if turn.timeout is None else time.monotonic() + turn.timeout
         prompt = build_prompt(turn.items)
         loop = asyncio.get_running_loop()
@@ -269,3 +271,23 @@ class LlamaCppProvider:
             emit(_Done("length" if timed_out else reason, n_prompt, generated))
         except BaseException as exc:
             emit(exc)
+
+
+_MEDIA = {"input_image": "image", "input_file": "file", "input_audio": "audio", "input_video": "video"}
+
+
+def _require_text_only(items: Sequence[items_pb2.Item]) -> None:
+    """The embedded model reads text only: media input is a clear 400, never silently dropped."""
+    for item in items:
+        kind = item.WhichOneof("item")
+        if kind == "message" and item.message.content.WhichOneof("value") == "parts":
+            parts = item.message.content.parts.parts
+        elif kind == "function_call_output" and item.function_call_output.output.WhichOneof("value") == "parts":
+            parts = item.function_call_output.output.parts.parts
+        else:
+            continue
+        for part in parts:
+            media = _MEDIA.get(part.WhichOneof("part") or "")
+            if media is not None:
+                raise invalid(f"The embedded model accepts text only; this request has {media} input.", "input",
+                              code="unsupported_input")

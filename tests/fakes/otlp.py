@@ -25,6 +25,8 @@ class Span:
 
 def _value(value: Any) -> Any:
     kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return tuple(_value(v) for v in value.array_value.values)
     return getattr(value, kind) if kind else None
 
 

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from switchboard.responses.v1 import events_pb2 as _events_pb2
 from switchboard.responses.v1 import items_pb2 as _items_pb2
 from switchboard.responses.v1 import response_pb2 as _response_pb2
 from switchboard.responses.v1 import tools_pb2 as _tools_pb2
@@ -22,6 +23,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ListOrder:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ListOrderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ListOrder.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LIST_ORDER_UNSPECIFIED: _ListOrder.ValueType  # 0
+    """Not set: descending."""
+    LIST_ORDER_ASC: _ListOrder.ValueType  # 1
+    """Oldest first."""
+    LIST_ORDER_DESC: _ListOrder.ValueType  # 2
+    """Newest first."""
+
+class ListOrder(_ListOrder, metaclass=_ListOrderEnumTypeWrapper):
+    """The sort order of a list."""
+
+LIST_ORDER_UNSPECIFIED: ListOrder.ValueType  # 0
+"""Not set: descending."""
+LIST_ORDER_ASC: ListOrder.ValueType  # 1
+"""Oldest first."""
+LIST_ORDER_DESC: ListOrder.ValueType  # 2
+"""Newest first."""
+Global___ListOrder: _TypeAlias = ListOrder  # noqa: Y015
 
 class _Modality:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -138,6 +163,399 @@ PROVIDER_SORT_BY_THROUGHPUT: ProviderSortBy.ValueType  # 2
 PROVIDER_SORT_BY_LATENCY: ProviderSortBy.ValueType  # 3
 """The lowest latency first."""
 Global___ProviderSortBy: _TypeAlias = ProviderSortBy  # noqa: Y015
+
+@_typing.final
+class GetResponseRequest(_message.Message):
+    """A request for a stored response."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_ID_FIELD_NUMBER: _builtins.int
+    STARTING_AFTER_FIELD_NUMBER: _builtins.int
+    INCLUDE_FIELD_NUMBER: _builtins.int
+    response_id: _builtins.str
+    """Required. The response id."""
+    starting_after: _builtins.int
+    """Optional. Resume a stream after this sequence number (ResumeResponse)."""
+    @_builtins.property
+    def include(self) -> _containers.RepeatedScalarFieldContainer[Global___Include.ValueType]:
+        """Optional. Extra output."""
+
+    def __init__(
+        self,
+        *,
+        response_id: _builtins.str = ...,
+        starting_after: _builtins.int | None = ...,
+        include: _abc.Iterable[Global___Include.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_starting_after", b"_starting_after", "starting_after", b"starting_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_starting_after", b"_starting_after", "include", b"include", "response_id", b"response_id", "starting_after", b"starting_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__starting_after: _TypeAlias = _typing.Literal["starting_after"]  # noqa: Y015
+    _WhichOneofArgType__starting_after: _TypeAlias = _typing.Literal["_starting_after", b"_starting_after"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__starting_after) -> _WhichOneofReturnType__starting_after | None: ...
+
+Global___GetResponseRequest: _TypeAlias = GetResponseRequest  # noqa: Y015
+
+@_typing.final
+class DeleteResponseRequest(_message.Message):
+    """A request to delete a stored response."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_ID_FIELD_NUMBER: _builtins.int
+    response_id: _builtins.str
+    """Required. The response id."""
+    def __init__(
+        self,
+        *,
+        response_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response_id", b"response_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteResponseRequest: _TypeAlias = DeleteResponseRequest  # noqa: Y015
+
+@_typing.final
+class DeletedResponse(_message.Message):
+    """The result of a deletion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    OBJECT_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Output only. The deleted response's id."""
+    object: _builtins.str
+    """Output only. Always `response`."""
+    deleted: _builtins.bool
+    """Output only. Always true."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        object: _builtins.str = ...,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "id", b"id", "object", b"object"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletedResponse: _TypeAlias = DeletedResponse  # noqa: Y015
+
+@_typing.final
+class CancelResponseRequest(_message.Message):
+    """A request to cancel a background response."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_ID_FIELD_NUMBER: _builtins.int
+    response_id: _builtins.str
+    """Required. The response id."""
+    def __init__(
+        self,
+        *,
+        response_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response_id", b"response_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelResponseRequest: _TypeAlias = CancelResponseRequest  # noqa: Y015
+
+@_typing.final
+class ListInputItemsRequest(_message.Message):
+    """A request for a page of a response's input items."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_ID_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    INCLUDE_FIELD_NUMBER: _builtins.int
+    response_id: _builtins.str
+    """Required. The response id."""
+    after: _builtins.str
+    """Optional. Items after this item id."""
+    before: _builtins.str
+    """Optional. Items before this item id."""
+    limit: _builtins.int
+    """Optional. Page size, 1 to 100 (default 20)."""
+    order: Global___ListOrder.ValueType
+    """Optional. The order (default desc)."""
+    @_builtins.property
+    def include(self) -> _containers.RepeatedScalarFieldContainer[Global___Include.ValueType]:
+        """Optional. Extra output."""
+
+    def __init__(
+        self,
+        *,
+        response_id: _builtins.str = ...,
+        after: _builtins.str | None = ...,
+        before: _builtins.str | None = ...,
+        limit: _builtins.int | None = ...,
+        order: Global___ListOrder.ValueType = ...,
+        include: _abc.Iterable[Global___Include.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after", b"_after", "_before", b"_before", "_limit", b"_limit", "after", b"after", "before", b"before", "limit", b"limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after", b"_after", "_before", b"_before", "_limit", b"_limit", "after", b"after", "before", b"before", "include", b"include", "limit", b"limit", "order", b"order", "response_id", b"response_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__after: _TypeAlias = _typing.Literal["after"]  # noqa: Y015
+    _WhichOneofArgType__after: _TypeAlias = _typing.Literal["_after", b"_after"]  # noqa: Y015
+    _WhichOneofReturnType__before: _TypeAlias = _typing.Literal["before"]  # noqa: Y015
+    _WhichOneofArgType__before: _TypeAlias = _typing.Literal["_before", b"_before"]  # noqa: Y015
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after) -> _WhichOneofReturnType__after | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__before) -> _WhichOneofReturnType__before | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
+
+Global___ListInputItemsRequest: _TypeAlias = ListInputItemsRequest  # noqa: Y015
+
+@_typing.final
+class InputItemList(_message.Message):
+    """A page of input items."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    FIRST_ID_FIELD_NUMBER: _builtins.int
+    LAST_ID_FIELD_NUMBER: _builtins.int
+    HAS_MORE_FIELD_NUMBER: _builtins.int
+    object: _builtins.str
+    """Output only. Always `list`."""
+    first_id: _builtins.str
+    """Output only. The first item's id."""
+    last_id: _builtins.str
+    """Output only. The last item's id."""
+    has_more: _builtins.bool
+    """Output only. Whether more items follow."""
+    @_builtins.property
+    def data(self) -> _containers.RepeatedCompositeFieldContainer[_items_pb2.Item]:
+        """Output only. The items."""
+
+    def __init__(
+        self,
+        *,
+        object: _builtins.str = ...,
+        data: _abc.Iterable[_items_pb2.Item] | None = ...,
+        first_id: _builtins.str | None = ...,
+        last_id: _builtins.str | None = ...,
+        has_more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_first_id", b"_first_id", "_last_id", b"_last_id", "first_id", b"first_id", "last_id", b"last_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_id", b"_first_id", "_last_id", b"_last_id", "data", b"data", "first_id", b"first_id", "has_more", b"has_more", "last_id", b"last_id", "object", b"object"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__first_id: _TypeAlias = _typing.Literal["first_id"]  # noqa: Y015
+    _WhichOneofArgType__first_id: _TypeAlias = _typing.Literal["_first_id", b"_first_id"]  # noqa: Y015
+    _WhichOneofReturnType__last_id: _TypeAlias = _typing.Literal["last_id"]  # noqa: Y015
+    _WhichOneofArgType__last_id: _TypeAlias = _typing.Literal["_last_id", b"_last_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first_id) -> _WhichOneofReturnType__first_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_id) -> _WhichOneofReturnType__last_id | None: ...
+
+Global___InputItemList: _TypeAlias = InputItemList  # noqa: Y015
+
+@_typing.final
+class CompactResponseRequest(_message.Message):
+    """A request to compact a conversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_RESPONSE_ID_FIELD_NUMBER: _builtins.int
+    INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    PROMPT_CACHE_KEY_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Required. The model that summarises older turns."""
+    previous_response_id: _builtins.str
+    """Optional. Compact the conversation of this response."""
+    instructions: _builtins.str
+    """Optional. Instructions."""
+    prompt_cache_key: _builtins.str
+    """Optional. Prompt cache key."""
+    @_builtins.property
+    def input(self) -> Global___Input:
+        """Optional. The conversation, or its newest part."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str | None = ...,
+        input: Global___Input | None = ...,
+        previous_response_id: _builtins.str | None = ...,
+        instructions: _builtins.str | None = ...,
+        prompt_cache_key: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_instructions", b"_instructions", "_model", b"_model", "_previous_response_id", b"_previous_response_id", "_prompt_cache_key", b"_prompt_cache_key", "input", b"input", "instructions", b"instructions", "model", b"model", "previous_response_id", b"previous_response_id", "prompt_cache_key", b"prompt_cache_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_instructions", b"_instructions", "_model", b"_model", "_previous_response_id", b"_previous_response_id", "_prompt_cache_key", b"_prompt_cache_key", "input", b"input", "instructions", b"instructions", "model", b"model", "previous_response_id", b"previous_response_id", "prompt_cache_key", b"prompt_cache_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__instructions: _TypeAlias = _typing.Literal["instructions"]  # noqa: Y015
+    _WhichOneofArgType__instructions: _TypeAlias = _typing.Literal["_instructions", b"_instructions"]  # noqa: Y015
+    _WhichOneofReturnType__model: _TypeAlias = _typing.Literal["model"]  # noqa: Y015
+    _WhichOneofArgType__model: _TypeAlias = _typing.Literal["_model", b"_model"]  # noqa: Y015
+    _WhichOneofReturnType__previous_response_id: _TypeAlias = _typing.Literal["previous_response_id"]  # noqa: Y015
+    _WhichOneofArgType__previous_response_id: _TypeAlias = _typing.Literal["_previous_response_id", b"_previous_response_id"]  # noqa: Y015
+    _WhichOneofReturnType__prompt_cache_key: _TypeAlias = _typing.Literal["prompt_cache_key"]  # noqa: Y015
+    _WhichOneofArgType__prompt_cache_key: _TypeAlias = _typing.Literal["_prompt_cache_key", b"_prompt_cache_key"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__instructions) -> _WhichOneofReturnType__instructions | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__model) -> _WhichOneofReturnType__model | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__previous_response_id) -> _WhichOneofReturnType__previous_response_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prompt_cache_key) -> _WhichOneofReturnType__prompt_cache_key | None: ...
+
+Global___CompactResponseRequest: _TypeAlias = CompactResponseRequest  # noqa: Y015
+
+@_typing.final
+class Compaction(_message.Message):
+    """A compacted conversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    OBJECT_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Output only. `cmp_...`."""
+    object: _builtins.str
+    """Output only. Always `response.compaction`."""
+    created_at: _builtins.int
+    """Output only. Unix seconds."""
+    @_builtins.property
+    def output(self) -> _containers.RepeatedCompositeFieldContainer[_items_pb2.Item]:
+        """Output only. The compaction item (and any items kept verbatim)."""
+
+    @_builtins.property
+    def usage(self) -> _response_pb2.Usage:
+        """Output only. Tokens used to summarise."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        object: _builtins.str = ...,
+        output: _abc.Iterable[_items_pb2.Item] | None = ...,
+        created_at: _builtins.int = ...,
+        usage: _response_pb2.Usage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "object", b"object", "output", b"output", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Compaction: _TypeAlias = Compaction  # noqa: Y015
+
+@_typing.final
+class SessionRequest(_message.Message):
+    """A client frame of a session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def create(self) -> Global___CreateResponseRequest:
+        """Create a response (`stream`, `stream_options` and `background` are not allowed)."""
+
+    def __init__(
+        self,
+        *,
+        create: Global___CreateResponseRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create", b"create", "frame", b"frame"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create", b"create", "frame", b"frame"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["create"]  # noqa: Y015
+    _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
+
+Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+
+@_typing.final
+class SessionEvent(_message.Message):
+    """A server frame of a session: a stream event, or an error that ends the current response."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> _events_pb2.StreamEvent:
+        """An event, exactly as in a stream."""
+
+    @_builtins.property
+    def error(self) -> Global___SessionError:
+        """A failure of the client's frame."""
+
+    def __init__(
+        self,
+        *,
+        event: _events_pb2.StreamEvent | None = ...,
+        error: Global___SessionError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event", b"event", "frame", b"frame"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event", b"event", "frame", b"frame"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["event", "error"]  # noqa: Y015
+    _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
+
+Global___SessionEvent: _TypeAlias = SessionEvent  # noqa: Y015
+
+@_typing.final
+class SessionError(_message.Message):
+    """A session failure (the WebSocket error frame)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    status: _builtins.int
+    """Required. An HTTP-like status."""
+    @_builtins.property
+    def error(self) -> _events_pb2.ErrorPayload:
+        """Required. The error."""
+
+    def __init__(
+        self,
+        *,
+        status: _builtins.int = ...,
+        error: _events_pb2.ErrorPayload | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionError: _TypeAlias = SessionError  # noqa: Y015
 
 @_typing.final
 class Input(_message.Message):

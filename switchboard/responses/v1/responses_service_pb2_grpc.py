@@ -47,6 +47,41 @@ class ResponsesStub:
                 request_serializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.CreateResponseRequest.SerializeToString,
                 response_deserializer=switchboard_dot_responses_dot_v1_dot_events__pb2.StreamEvent.FromString,
                 _registered_method=True)
+        self.GetResponse = channel.unary_unary(
+                '/switchboard.responses.v1.Responses/GetResponse',
+                request_serializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.GetResponseRequest.SerializeToString,
+                response_deserializer=switchboard_dot_responses_dot_v1_dot_response__pb2.Response.FromString,
+                _registered_method=True)
+        self.ResumeResponse = channel.unary_stream(
+                '/switchboard.responses.v1.Responses/ResumeResponse',
+                request_serializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.GetResponseRequest.SerializeToString,
+                response_deserializer=switchboard_dot_responses_dot_v1_dot_events__pb2.StreamEvent.FromString,
+                _registered_method=True)
+        self.DeleteResponse = channel.unary_unary(
+                '/switchboard.responses.v1.Responses/DeleteResponse',
+                request_serializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.DeleteResponseRequest.SerializeToString,
+                response_deserializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.DeletedResponse.FromString,
+                _registered_method=True)
+        self.CancelResponse = channel.unary_unary(
+                '/switchboard.responses.v1.Responses/CancelResponse',
+                request_serializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.CancelResponseRequest.SerializeToString,
+                response_deserializer=switchboard_dot_responses_dot_v1_dot_response__pb2.Response.FromString,
+                _registered_method=True)
+        self.ListInputItems = channel.unary_unary(
+                '/switchboard.responses.v1.Responses/ListInputItems',
+                request_serializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.ListInputItemsRequest.SerializeToString,
+                response_deserializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.InputItemList.FromString,
+                _registered_method=True)
+        self.CompactResponse = channel.unary_unary(
+                '/switchboard.responses.v1.Responses/CompactResponse',
+                request_serializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.CompactResponseRequest.SerializeToString,
+                response_deserializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.Compaction.FromString,
+                _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/switchboard.responses.v1.Responses/Session',
+                request_serializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.SessionRequest.SerializeToString,
+                response_deserializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.SessionEvent.FromString,
+                _registered_method=True)
 
 
 class ResponsesServicer:
@@ -67,6 +102,55 @@ class ResponsesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetResponse(self, request, context):
+        """Returns a stored response.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeResponse(self, request, context):
+        """Streams the persisted events of a background response, resuming after `starting_after`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteResponse(self, request, context):
+        """Deletes a stored response.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelResponse(self, request, context):
+        """Cancels a background response that has not finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInputItems(self, request, context):
+        """Lists the input items of a stored response.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompactResponse(self, request, context):
+        """Compacts a conversation into one encrypted `compaction` item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Session(self, request_iterator, context):
+        """A WebSocket-style session: `response.create` frames in, events out, one response in flight at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ResponsesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +163,41 @@ def add_ResponsesServicer_to_server(servicer, server):
                     servicer.StreamResponse,
                     request_deserializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.CreateResponseRequest.FromString,
                     response_serializer=switchboard_dot_responses_dot_v1_dot_events__pb2.StreamEvent.SerializeToString,
+            ),
+            'GetResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResponse,
+                    request_deserializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.GetResponseRequest.FromString,
+                    response_serializer=switchboard_dot_responses_dot_v1_dot_response__pb2.Response.SerializeToString,
+            ),
+            'ResumeResponse': grpc.unary_stream_rpc_method_handler(
+                    servicer.ResumeResponse,
+                    request_deserializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.GetResponseRequest.FromString,
+                    response_serializer=switchboard_dot_responses_dot_v1_dot_events__pb2.StreamEvent.SerializeToString,
+            ),
+            'DeleteResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteResponse,
+                    request_deserializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.DeleteResponseRequest.FromString,
+                    response_serializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.DeletedResponse.SerializeToString,
+            ),
+            'CancelResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelResponse,
+                    request_deserializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.CancelResponseRequest.FromString,
+                    response_serializer=switchboard_dot_responses_dot_v1_dot_response__pb2.Response.SerializeToString,
+            ),
+            'ListInputItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInputItems,
+                    request_deserializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.ListInputItemsRequest.FromString,
+                    response_serializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.InputItemList.SerializeToString,
+            ),
+            'CompactResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompactResponse,
+                    request_deserializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.CompactResponseRequest.FromString,
+                    response_serializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.Compaction.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.SessionRequest.FromString,
+                    response_serializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.SessionEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,6 +255,195 @@ class Responses:
             '/switchboard.responses.v1.Responses/StreamResponse',
             switchboard_dot_responses_dot_v1_dot_responses__service__pb2.CreateResponseRequest.SerializeToString,
             switchboard_dot_responses_dot_v1_dot_events__pb2.StreamEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.responses.v1.Responses/GetResponse',
+            switchboard_dot_responses_dot_v1_dot_responses__service__pb2.GetResponseRequest.SerializeToString,
+            switchboard_dot_responses_dot_v1_dot_response__pb2.Response.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/switchboard.responses.v1.Responses/ResumeResponse',
+            switchboard_dot_responses_dot_v1_dot_responses__service__pb2.GetResponseRequest.SerializeToString,
+            switchboard_dot_responses_dot_v1_dot_events__pb2.StreamEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.responses.v1.Responses/DeleteResponse',
+            switchboard_dot_responses_dot_v1_dot_responses__service__pb2.DeleteResponseRequest.SerializeToString,
+            switchboard_dot_responses_dot_v1_dot_responses__service__pb2.DeletedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.responses.v1.Responses/CancelResponse',
+            switchboard_dot_responses_dot_v1_dot_responses__service__pb2.CancelResponseRequest.SerializeToString,
+            switchboard_dot_responses_dot_v1_dot_response__pb2.Response.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInputItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.responses.v1.Responses/ListInputItems',
+            switchboard_dot_responses_dot_v1_dot_responses__service__pb2.ListInputItemsRequest.SerializeToString,
+            switchboard_dot_responses_dot_v1_dot_responses__service__pb2.InputItemList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompactResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.responses.v1.Responses/CompactResponse',
+            switchboard_dot_responses_dot_v1_dot_responses__service__pb2.CompactResponseRequest.SerializeToString,
+            switchboard_dot_responses_dot_v1_dot_responses__service__pb2.Compaction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/switchboard.responses.v1.Responses/Session',
+            switchboard_dot_responses_dot_v1_dot_responses__service__pb2.SessionRequest.SerializeToString,
+            switchboard_dot_responses_dot_v1_dot_responses__service__pb2.SessionEvent.FromString,
             options,
             channel_credentials,
             insecure,

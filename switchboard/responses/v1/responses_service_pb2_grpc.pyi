@@ -39,6 +39,20 @@ class ResponsesStub:
     """Creates a response and returns it when it is finished."""
     StreamResponse: _grpc.UnaryStreamMultiCallable[_responses_service_pb2.CreateResponseRequest, _events_pb2.StreamEvent]
     """Creates a response and streams its events (`stream: true` over HTTP, served as SSE)."""
+    GetResponse: _grpc.UnaryUnaryMultiCallable[_responses_service_pb2.GetResponseRequest, _response_pb2.Response]
+    """Returns a stored response."""
+    ResumeResponse: _grpc.UnaryStreamMultiCallable[_responses_service_pb2.GetResponseRequest, _events_pb2.StreamEvent]
+    """Streams the persisted events of a background response, resuming after `starting_after`."""
+    DeleteResponse: _grpc.UnaryUnaryMultiCallable[_responses_service_pb2.DeleteResponseRequest, _responses_service_pb2.DeletedResponse]
+    """Deletes a stored response."""
+    CancelResponse: _grpc.UnaryUnaryMultiCallable[_responses_service_pb2.CancelResponseRequest, _response_pb2.Response]
+    """Cancels a background response that has not finished."""
+    ListInputItems: _grpc.UnaryUnaryMultiCallable[_responses_service_pb2.ListInputItemsRequest, _responses_service_pb2.InputItemList]
+    """Lists the input items of a stored response."""
+    CompactResponse: _grpc.UnaryUnaryMultiCallable[_responses_service_pb2.CompactResponseRequest, _responses_service_pb2.Compaction]
+    """Compacts a conversation into one encrypted `compaction` item."""
+    Session: _grpc.StreamStreamMultiCallable[_responses_service_pb2.SessionRequest, _responses_service_pb2.SessionEvent]
+    """A WebSocket-style session: `response.create` frames in, events out, one response in flight at a time."""
 
 @_typing.type_check_only
 class ResponsesAsyncStub(ResponsesStub):
@@ -49,6 +63,20 @@ class ResponsesAsyncStub(ResponsesStub):
     """Creates a response and returns it when it is finished."""
     StreamResponse: _aio.UnaryStreamMultiCallable[_responses_service_pb2.CreateResponseRequest, _events_pb2.StreamEvent]  # type: ignore[assignment]
     """Creates a response and streams its events (`stream: true` over HTTP, served as SSE)."""
+    GetResponse: _aio.UnaryUnaryMultiCallable[_responses_service_pb2.GetResponseRequest, _response_pb2.Response]  # type: ignore[assignment]
+    """Returns a stored response."""
+    ResumeResponse: _aio.UnaryStreamMultiCallable[_responses_service_pb2.GetResponseRequest, _events_pb2.StreamEvent]  # type: ignore[assignment]
+    """Streams the persisted events of a background response, resuming after `starting_after`."""
+    DeleteResponse: _aio.UnaryUnaryMultiCallable[_responses_service_pb2.DeleteResponseRequest, _responses_service_pb2.DeletedResponse]  # type: ignore[assignment]
+    """Deletes a stored response."""
+    CancelResponse: _aio.UnaryUnaryMultiCallable[_responses_service_pb2.CancelResponseRequest, _response_pb2.Response]  # type: ignore[assignment]
+    """Cancels a background response that has not finished."""
+    ListInputItems: _aio.UnaryUnaryMultiCallable[_responses_service_pb2.ListInputItemsRequest, _responses_service_pb2.InputItemList]  # type: ignore[assignment]
+    """Lists the input items of a stored response."""
+    CompactResponse: _aio.UnaryUnaryMultiCallable[_responses_service_pb2.CompactResponseRequest, _responses_service_pb2.Compaction]  # type: ignore[assignment]
+    """Compacts a conversation into one encrypted `compaction` item."""
+    Session: _aio.StreamStreamMultiCallable[_responses_service_pb2.SessionRequest, _responses_service_pb2.SessionEvent]  # type: ignore[assignment]
+    """A WebSocket-style session: `response.create` frames in, events out, one response in flight at a time."""
 
 class ResponsesServicer(metaclass=_abc_1.ABCMeta):
     """The Responses API: create a model response, unary or streamed."""
@@ -68,5 +96,61 @@ class ResponsesServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_events_pb2.StreamEvent], _abc.AsyncIterator[_events_pb2.StreamEvent]]:
         """Creates a response and streams its events (`stream: true` over HTTP, served as SSE)."""
+
+    @_abc_1.abstractmethod
+    def GetResponse(
+        self,
+        request: _responses_service_pb2.GetResponseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_response_pb2.Response, _abc.Awaitable[_response_pb2.Response]]:
+        """Returns a stored response."""
+
+    @_abc_1.abstractmethod
+    def ResumeResponse(
+        self,
+        request: _responses_service_pb2.GetResponseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_events_pb2.StreamEvent], _abc.AsyncIterator[_events_pb2.StreamEvent]]:
+        """Streams the persisted events of a background response, resuming after `starting_after`."""
+
+    @_abc_1.abstractmethod
+    def DeleteResponse(
+        self,
+        request: _responses_service_pb2.DeleteResponseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_responses_service_pb2.DeletedResponse, _abc.Awaitable[_responses_service_pb2.DeletedResponse]]:
+        """Deletes a stored response."""
+
+    @_abc_1.abstractmethod
+    def CancelResponse(
+        self,
+        request: _responses_service_pb2.CancelResponseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_response_pb2.Response, _abc.Awaitable[_response_pb2.Response]]:
+        """Cancels a background response that has not finished."""
+
+    @_abc_1.abstractmethod
+    def ListInputItems(
+        self,
+        request: _responses_service_pb2.ListInputItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_responses_service_pb2.InputItemList, _abc.Awaitable[_responses_service_pb2.InputItemList]]:
+        """Lists the input items of a stored response."""
+
+    @_abc_1.abstractmethod
+    def CompactResponse(
+        self,
+        request: _responses_service_pb2.CompactResponseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_responses_service_pb2.Compaction, _abc.Awaitable[_responses_service_pb2.Compaction]]:
+        """Compacts a conversation into one encrypted `compaction` item."""
+
+    @_abc_1.abstractmethod
+    def Session(
+        self,
+        request_iterator: _MaybeAsyncIterator[_responses_service_pb2.SessionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_responses_service_pb2.SessionEvent], _abc.AsyncIterator[_responses_service_pb2.SessionEvent]]:
+        """A WebSocket-style session: `response.create` frames in, events out, one response in flight at a time."""
 
 def add_ResponsesServicer_to_server(servicer: ResponsesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
