@@ -17,13 +17,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from tests.e2e.stack import API_KEY, ROOT, Process, start_upstream, write_config
 
-__all__ = ["API_KEY", "Bench", "CpuMeter", "RawHttp", "percentile", "start_bench"]
+__all__ = ["API_KEY", "Bench", "CpuMeter", "RawHttp", "percentile", "quiet_check", "start_bench"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -64,6 +66,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine (all cores) spent in processes since boot, from /proc/stat: user, nice,
+    system and steal. Interrupt and softirq time (much of loopback networking) is left out: it is charged to no
+    process, so it would otherwise look like foreign load."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = fields[:8]
+    return (user + nice + system + steal) / _TICK
+
+
+def quiet_check(seconds: float = 1.0, limit: float = 0.10) -> str | None:
+    """A warning when other work keeps the machine busy (the figures would be worth little), else None."""
+    start, began = machine_busy(), time.perf_counter()
+    time.sleep(seconds)
+    share = (machine_busy() - start) / ((time.perf_counter() - began) * (os.cpu_count() or 1))
+    if share > limit:
+        return (f"WARNING: the machine is {100 * share:.0f}% busy before the benchmark starts (other processes); "
+                "the figures will be distorted. See the 'other' columns.")
+    return None
+
+
 def self_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -83,6 +105,12 @@ class Bench:
     envoy: str
     envoy_grpc: str | None
     pids: dict[str, int] = field(default_factory=dict)
+
+    def reset_upstream(self) -> None:
+        """Empties the fake upstream's request log, so its growth (and GC cost) does not drift across paths."""
+        for route in ("/_requests", "/_stats"):
+            with urllib.request.urlopen(urllib.request.Request(self.upstream + route, method="DELETE"), timeout=5):
+                pass
 
     def stop(self) -> None:
         try:
@@ -158,10 +186,12 @@ class CpuMeter:
         self._start: dict[str, float] = {}
         self.used: dict[str, float] = {}
         self.wall = 0.0
+        self.other = 0.0
 
     def _sample(self) -> dict[str, float]:
         sample = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         sample["client"] = self_cpu()
+        sample["machine"] = machine_busy()
         sample["wall"] = time.perf_counter()
         return sample
 
@@ -172,7 +202,14 @@ class CpuMeter:
     def __exit__(self, *exc: object) -> None:
         end = self._sample()
         self.wall = end.pop("wall") - self._start.pop("wall")
+        machine = end.pop("machine") - self._start.pop("machine")
         self.used = {name: end[name] - self._start[name] for name in end}
+        # Process CPU of the whole machine not accounted to the benchmark's processes: other work on the box.
+        self.other = max(0.0, machine - sum(self.used.values()))
+
+    def other_share(self) -> float:
+        """`other` as a share of the machine's capacity during the measurement (0..1)."""
+        return self.other / (self.wall * (os.cpu_count() or 1)) if self.wall else 0.0
 
     def per_request_ms(self, count: int) -> dict[str, float]:
         return {name: 1000 * seconds / count for name, seconds in self.used.items()}
@@ -220,6 +257,16 @@ class RawHttp:
                 chunks.append(chunk)
             return status, b"".join(chunks)
         raise RuntimeError(f"response without a length: {head!r}")
+
+    async def body(self, head: bytes) -> AsyncIterator[bytes]:
+        """The body after ``head`` as it arrives: chunk by chunk (chunked), or in one piece (Content-Length)."""
+        start = head.find(b"\r\ncontent-length:")
+        if start >= 0:
+            end = head.index(b"\r\n", start + 2)
+            yield await self.reader.readexactly(int(head[start + 17:end]))
+            return
+        while chunk := await self.chunk():
+            yield chunk
 
     async def chunk(self) -> bytes:
         """The next chunk of a chunked body; b"" at its end."""

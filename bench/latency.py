@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import httpx
 import orjson
 import uvloop
 
-from bench.harness import API_KEY, Bench, CpuMeter, RawHttp, percentile, start_bench
+from bench.harness import API_KEY, Bench, CpuMeter, RawHttp, percentile, quiet_check, start_bench
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
 
 Call = Callable[[], Awaitable[None]]
@@ -50,6 +51,8 @@ class Result:
     load_p50: float = 0.0
     load_p99: float = 0.0
     cpu_ms: dict[str, float] | None = None
+    seq_cpu_ms: dict[str, float] | None = None
+    other: tuple[float, float] = (0.0, 0.0)  # machine CPU share outside our processes: sequential, concurrent
 
 
 class Target:
@@ -194,17 +197,21 @@ async def concurrent(calls: list[Call], count: int) -> tuple[float, list[float]]
 
 
 async def measure(target: Target, bench: Bench, args: argparse.Namespace) -> Result:
+    bench.reset_upstream()
     calls = [await target.worker() for _ in range(args.concurrency)]
     # Warm-up: opens every pooled connection along the path (Envoy -> edge, service -> upstream) and lets the
     # servers' caches and allocators settle.
     await concurrent(calls, args.warmup)
     await sequential(calls[0], args.warmup // 4)
     result = Result(target.name)
-    ms = [1000 * x for x in await sequential(calls[0], args.requests)]
+    with CpuMeter(bench.pids) as seq_meter:
+        ms = [1000 * x for x in await sequential(calls[0], args.requests)]
+    result.seq_cpu_ms = seq_meter.per_request_ms(args.requests)
     result.p50, result.p99, result.mean = percentile(ms, 50), percentile(ms, 99), sum(ms) / len(ms)
     with CpuMeter(bench.pids) as meter:
         wall, latencies = await concurrent(calls, args.throughput_requests)
     load = [1000 * x for x in latencies]
+    result.other = (seq_meter.other_share(), meter.other_share())
     result.rps = args.throughput_requests / wall
     result.load_p50, result.load_p99 = percentile(load, 50), percentile(load, 99)
     result.cpu_ms = meter.per_request_ms(args.throughput_requests)
@@ -217,13 +224,18 @@ def report(results: list[Result], args: argparse.Namespace, client: str) -> None
     print(f"\nUnary latency (tiny non-streaming request), client={client}, "
           f"{args.requests} sequential requests; {args.throughput_requests} requests at concurrency {c}")
     print(f"{'path':<11} {'p50 ms':>7} {'p99 ms':>7} {'mean ms':>8} {'req/s @' + str(c):>10}"
-          f" {'p50@' + str(c):>8} {'p99@' + str(c):>8}   CPU ms per request at concurrency {c}")
+          f" {'p50@' + str(c):>8} {'p99@' + str(c):>8}")
     for r in results:
-        cpu = r.cpu_ms or {}
-        shown = "  ".join(f"{p}={cpu[p]:.2f}" for p in PROCESSES if p in cpu and cpu[p] >= 0.005)
-        total = sum(cpu.values())
-        print(f"{r.path:<11} {r.p50:7.2f} {r.p99:7.2f} {r.mean:8.2f} {r.rps:10.0f} {r.load_p50:8.2f} {r.load_p99:8.2f}"
-              f"   {shown}  (total {total:.2f})")
+        print(f"{r.path:<11} {r.p50:7.2f} {r.p99:7.2f} {r.mean:8.2f} {r.rps:10.0f} {r.load_p50:8.2f} {r.load_p99:8.2f}")
+    for index, (title, attr) in enumerate((("at concurrency 1 (sequential phase)", "seq_cpu_ms"),
+                                           (f"at concurrency {c}", "cpu_ms"))):
+        print(f"\nCPU ms per request {title}, per process (client = this load generator; other = other "
+              f"processes' CPU, as % of {os.cpu_count()} cores)")
+        print(f"{'path':<11} " + " ".join(f"{p:>8}" for p in PROCESSES) + f" {'total':>8} {'other':>6}")
+        for r in results:
+            cpu = getattr(r, attr) or {}
+            cells = " ".join(f"{cpu[p]:8.3f}" if p in cpu and cpu[p] >= 0.0005 else f"{'-':>8}" for p in PROCESSES)
+            print(f"{r.path:<11} {cells} {sum(cpu.values()):8.3f} {100 * r.other[index]:5.0f}%")
     base = {r.path: r for r in results}
     direct = base.get("direct")
     if direct is not None:
@@ -238,6 +250,9 @@ def report(results: list[Result], args: argparse.Namespace, client: str) -> None
 
 
 async def run(args: argparse.Namespace) -> None:
+    warning = quiet_check()
+    if warning:
+        print(warning, flush=True)
     bench = start_bench()
     try:
         print(f"stack: upstream {bench.upstream}, edge {bench.http}, envoy {bench.envoy}, grpc {bench.grpc}, "

@@ -5,23 +5,23 @@ No business rules live here; internal gRPC callers get exactly the same behaviou
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
-from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
 from edge import codec
 from edge.errors import HttpError, from_rpc_error, invalid_request
 from edge.sse import DONE, StreamTracker, frame
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
+
+M = TypeVar("M", bound=Message)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Edge:
 
     # ------------------------------------------------------------ helpers
 
-    def _metadata(self, request: Request) -> tuple[tuple[str, str], ...]:
+    def metadata(self, request: HTTPConnection) -> tuple[tuple[str, str], ...]:
         names = _FORWARD + _PROPAGATION if self.forward_trace_headers else _FORWARD
         return tuple((name, value) for name in names if (value := request.headers.get(name)) is not None)
 
@@ -83,7 +83,7 @@ class Edge:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _parse(self, request: Request) -> responses_service_pb2.CreateResponseRequest | HttpError:
+    async def parse(self, request: Request, cls: type[M]) -> M | HttpError:
         try:
             body = await self._read_body(request)
         except _TooLarge:
@@ -91,7 +91,7 @@ class Edge:
                              f"The request body exceeds the limit of {self.max_body_bytes} bytes.",
                              code="request_too_large")
         try:
-            return codec.loads(body, responses_service_pb2.CreateResponseRequest)
+            return codec.loads(body, cls)
         except codec.CodecError as exc:
             code = "invalid_json" if not exc.param else "invalid_request"
             return invalid_request(exc.message, exc.param or None, code=code)
@@ -99,24 +99,26 @@ class Edge:
     # ------------------------------------------------------------ routes
 
     async def create_response(self, request: Request) -> Response:
-        parsed = await self._parse(request)
+        parsed = await self.parse(request, responses_service_pb2.CreateResponseRequest)
         if isinstance(parsed, HttpError):
             return error_response(parsed)
         _annotate_span(parsed, request)
-        metadata = self._metadata(request)
+        metadata = self.metadata(request)
         if parsed.stream:
-            return await self._stream(parsed, metadata)
-        call = self.stub.CreateResponse(parsed, metadata=metadata, timeout=self.request_timeout)
+            return await self.sse(self.stub.StreamResponse(parsed, metadata=metadata))
+        return await self.unary(self.stub.CreateResponse(parsed, metadata=metadata, timeout=self.request_timeout))
+
+    async def unary(self, call: Any) -> Response:
+        """A JSON response from a unary gRPC call, or the mapped error."""
         try:
-            response = await call
+            reply = await call
             headers = _response_headers(await call.initial_metadata())
         except grpc.aio.AioRpcError as exc:
             return error_response(from_rpc_error(exc))
-        return Response(codec.dumps(response), media_type=_JSON, headers=headers)
+        return Response(codec.dumps(reply), media_type=_JSON, headers=headers)
 
-    async def _stream(self, parsed: responses_service_pb2.CreateResponseRequest,
-                      metadata: tuple[tuple[str, str], ...]) -> Response:
-        call = self.stub.StreamResponse(parsed, metadata=metadata)
+    async def sse(self, call: Any) -> Response:
+        """An SSE response from a server-streaming gRPC call. Errors before the first event keep their status."""
         try:
             first = await call.read()
             headers = _response_headers(await call.initial_metadata())
@@ -185,38 +187,3 @@ def _annotate_span(parsed: responses_service_pb2.CreateResponseRequest, request:
         span.set_attribute("session.id", session)
     if parsed.HasField("model"):
         span.set_attribute("gen_ai.request.model", parsed.model)
-
-
-async def _not_found(request: Request, exc: Exception) -> Response:
-    return error_response(HttpError(404, "not_found_error", f"No route for {request.method} {request.url.path}.",
-                                    code="not_found"))
-
-
-async def _method_not_allowed(request: Request, exc: Exception) -> Response:
-    return error_response(HttpError(405, "invalid_request_error",
-                                    f"Method {request.method} is not allowed on {request.url.path}.",
-                                    code="method_not_allowed"))
-
-
-async def _server_error(request: Request, exc: Exception) -> Response:
-    log.exception("edge request failed", exc_info=exc)
-    return error_response(HttpError(500, "server_error", "internal server error", code="internal_error"))
-
-
-def create_app(edge: Edge) -> Starlette:
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await edge.open()
-        try:
-            yield
-        finally:
-            await edge.close()
-
-    return Starlette(
-        routes=[
-            Route("/v1/responses", edge.create_response, methods=["POST"]),
-            Route("/healthz", edge.healthz, methods=["GET"]),
-        ],
-        exception_handlers={404: _not_found, 405: _method_not_allowed, 500: _server_error},
-        lifespan=lifespan,
-    )

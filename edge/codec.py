@@ -35,6 +35,12 @@ _INTS = {
     FieldDescriptor.TYPE_SFIXED64,
 }
 _FLOATS = {FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT}
+_INT_RANGES = {
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1), FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1), FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1), FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
+    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
+}
 
 
 class CodecError(ValueError):
@@ -319,10 +325,14 @@ def _scalar(field: FieldDescriptor, value: Any, path: str) -> Any:
             return value
         expected = "a boolean"
     elif kind in _INTS:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        number = value if isinstance(value, int) and not isinstance(value, bool) else None
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            number = int(value)
+        low, high = _INT_RANGES.get(kind, (-(2**63), 2**63 - 1))
+        if number is not None and low <= number <= high:
+            return number
+        if number is not None:
+            raise CodecError(f"Invalid value for '{path}': {number} is out of range.", path)
         expected = "an integer"
     elif kind in _FLOATS:
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -376,9 +386,26 @@ def _set_field(field: FieldDescriptor, value: Any, msg: Any, path: str) -> None:
     setattr(msg, name, _scalar(field, value, path))
 
 
+# Free-form JSON nests as Struct/Value/ListValue messages, several protobuf levels per JSON level; protobuf
+# refuses messages nested deeper than 100, so deeper JSON is a client error here rather than a failure later.
+MAX_FREE_FORM_DEPTH = 20
+
+
+def _depth(value: Any, limit: int) -> int:
+    if limit < 0:
+        return 1
+    if isinstance(value, dict):
+        return 1 + max((_depth(v, limit - 1) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v, limit - 1) for v in value), default=0)
+    return 0
+
+
 def _py_to_struct(data: Any, msg: Any, path: str) -> None:
     if not isinstance(data, dict):
         raise CodecError(f"Invalid type for '{path}': expected an object, but got {_json_type(data)}.", path)
+    if _depth(data, MAX_FREE_FORM_DEPTH) > MAX_FREE_FORM_DEPTH:
+        raise CodecError(f"Invalid value for '{path}': JSON nested deeper than {MAX_FREE_FORM_DEPTH} levels.", path)
     try:
         msg.update(data)
     except (ValueError, TypeError) as exc:

@@ -8,7 +8,8 @@ import uvicorn
 import uvloop
 from starlette.types import ASGIApp
 
-from edge.app import Edge, create_app
+from edge.app import Edge
+from edge.routes import create_app
 from service import telemetry
 from service.config import Config, parse_address
 
@@ -40,7 +41,7 @@ async def serve(config: Config, sock: socket.socket | None = None) -> None:
     server = uvicorn.Server(uvicorn.Config(
         build_app(config), host=host, port=port, loop="none", http="httptools", lifespan="on",
         access_log=False, log_level="warning", timeout_graceful_shutdown=int(config.server.grace),
-        ws="none",
+        ws="websockets-sansio",
     ))
     await server.serve(sockets=[sock] if sock is not None else None)
 

@@ -105,3 +105,12 @@ def _deny(handler: Handler, error: ApiError) -> Handler:
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(reject_stream, **kwargs)
     return grpc.unary_unary_rpc_method_handler(reject, **kwargs)
+
+
+ANONYMOUS = "anonymous"
+
+
+def owner_of(metadata: Sequence[tuple[str, Any]] | None, keys: ApiKeys) -> str:
+    """Who owns what a request creates: the API key's id, or one shared owner when auth is open."""
+    token = bearer_token(metadata)
+    return key_id(token) if token is not None and not keys.open else ANONYMOUS

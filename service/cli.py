@@ -17,10 +17,14 @@ import httpx
 import uvloop
 
 from service import metrics, telemetry
+from service.background import BackgroundWorker
 from service.config import Config, ConfigError, load, parse_address
 from service.envoy import EnvoyAddresses, EnvoyProcess, render_config
 from service.providers.registry import build_all
+from service.ratelimit import create_rate_limiter
 from service.server import create_server, mark_serving
+from service.store import open_store
+from service.store.retention import run_retention
 from service.turns import TurnRunner
 
 log = logging.getLogger("switchboard")
@@ -45,8 +49,16 @@ async def run_service(config: Config, until: asyncio.Future[None] | None = None,
                            prometheus=parse_address(config.server.metrics, "server.metrics")
                            if config.server.metrics else None)
     providers = build_all(config)
-    server, port, health = create_server(config, TurnRunner(config, providers, meters))
+    store = open_store(config.store)
+    await store.migrate()
+    runner = TurnRunner(config, providers, meters, store)
+    worker = BackgroundWorker(runner, store)
+    limiter = create_rate_limiter(config.rate_limits)
+    server, port, health = create_server(config, runner, store=store, worker=worker, limiter=limiter)
     await server.start()
+    tasks = [asyncio.create_task(worker.run_forever())]
+    if config.retention_seconds:
+        tasks.append(asyncio.create_task(run_retention(store, config.retention_seconds, interval=60.0)))
     for provider in providers.values():
         warm_up = getattr(provider, "warm_up", None)
         if warm_up is not None:
@@ -61,6 +73,13 @@ async def run_service(config: Config, until: asyncio.Future[None] | None = None,
     finally:
         await mark_serving(health, False)
         await server.stop(config.server.grace)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await worker.stop()
+        if limiter is not None:
+            await limiter.aclose()
+        await store.close()
         for provider in providers.values():
             await provider.aclose()
         telemetry.shutdown()

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from service.crypto import parse_key
+
+if TYPE_CHECKING:
+    from service.ratelimit import RateLimitConfig
+    from service.routing_config import RoutingConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENVOY_TEMPLATE = REPO_ROOT / "deploy" / "envoy" / "envoy.yaml"
@@ -72,6 +76,12 @@ class Config:
     encryption_key: bytes | None = None
     # USD per million tokens by model name: {"prompt": .., "completion": ..}.
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    routing: RoutingConfig = field(default_factory=lambda: _routing_default())
+    rate_limits: RateLimitConfig = field(default_factory=lambda: _rate_default())
+    # `store` when a request does not say (OpenAI's default is true).
+    store_default: bool = True
+    # Stored responses are deleted this many seconds after they are saved; 0 keeps them.
+    retention_seconds: float = 30 * 24 * 3600
 
     def provider(self, name: str) -> ProviderConfig | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -147,6 +157,8 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
         raise ConfigError(f"encryption_key: {exc}") from None
     if sealing_key is not None and len(sealing_key) != 32:
         raise ConfigError("encryption_key: must be 32 bytes, base64-encoded")
+    from service.routing_config import parse_routing
+
     prices: dict[str, tuple[float, float]] = {}
     for name, price in (data.get("pricing") or {}).items():
         if not isinstance(price, dict) or not all(isinstance(price.get(k, 0), int | float) for k in price):
@@ -164,7 +176,31 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
         otel_enabled=otel and env.get("OTEL_SDK_DISABLED", "").lower() != "true",
         encryption_key=sealing_key,
         prices=prices,
+        store_default=bool(data.get("store_default", True)),
+        routing=parse_routing(data.get("routing"), set(names)),
+        rate_limits=_rate_limits(data.get("rate_limits"), env),
+        retention_seconds=float(data.get("retention_seconds", Config.retention_seconds)),
     )
+
+
+def _routing_default() -> RoutingConfig:
+    from service.routing_config import RoutingConfig
+
+    return RoutingConfig()
+
+
+def _rate_default() -> RateLimitConfig:
+    from service.ratelimit import RateLimitConfig
+
+    return RateLimitConfig()
+
+
+def _rate_limits(raw: Any, env: dict[str, str]) -> RateLimitConfig:
+    from service.ratelimit import parse_rate_limits
+
+    if isinstance(raw, dict) and raw.get("redis_url_env"):
+        raw = {k: v for k, v in raw.items() if k != "redis_url_env"} | {"redis_url": env.get(str(raw["redis_url_env"]))}
+    return parse_rate_limits(raw)
 
 
 def load(path: str | Path, env: dict[str, str] | None = None) -> Config:

@@ -76,10 +76,11 @@ class _Open:
 
 
 class TurnEngine:
-    def __init__(self, response: response_pb2.Response, options: EngineOptions | None = None) -> None:
+    def __init__(self, response: response_pb2.Response, options: EngineOptions | None = None,
+                 first_sequence: int = 0) -> None:
         self.response = response
         self.options = options or EngineOptions()
-        self._seq = 0
+        self._seq = first_sequence
         self._current: _Open | None = None
         self._calls: dict[int, _Open] = {}
         self._dropped_calls: set[int] = set()
@@ -110,6 +111,19 @@ class TurnEngine:
     def start(self) -> list[Event]:
         self.response.status = response_pb2.RESPONSE_STATUS_IN_PROGRESS
         return [self._snapshot_event("response_created"), self._snapshot_event("response_in_progress")]
+
+    def queue(self) -> list[Event]:
+        """A background response: created, then queued; a worker's engine continues with ``resume``."""
+        self.response.status = response_pb2.RESPONSE_STATUS_QUEUED
+        return [self._snapshot_event("response_created"), self._snapshot_event("response_queued")]
+
+    def resume(self) -> list[Event]:
+        self.response.status = response_pb2.RESPONSE_STATUS_IN_PROGRESS
+        return [self._snapshot_event("response_in_progress")]
+
+    @property
+    def next_sequence(self) -> int:
+        return self._seq
 
     # ------------------------------------------------------------ deltas
 
@@ -371,6 +385,18 @@ class TurnEngine:
             return events + [self._snapshot_event("response_incomplete")]
         self.response.status = response_pb2.RESPONSE_STATUS_COMPLETED
         return events + [self._snapshot_event("response_completed")]
+
+    def cancel(self) -> list[Event]:
+        """The client cancelled: open items end as incomplete and the stream ends with ``response.failed``
+        carrying status ``cancelled`` (the spec has no dedicated terminal event for it)."""
+        events = self._close_all(INCOMPLETE)
+        self._set_usage()
+        self.response.output_text = self._output_text()
+        self.response.status = response_pb2.RESPONSE_STATUS_CANCELLED
+        self.response.error.CopyFrom(response_pb2.ResponseError(code="cancelled",
+                                                                message="The response was cancelled."))
+        self.terminal = True
+        return events + [self._snapshot_event("response_failed")]
 
     def fail(self, error: ApiError) -> list[Event]:
         """An ``error`` event, then ``response.failed``. Open items end as incomplete."""

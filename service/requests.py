@@ -6,13 +6,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import grpc
 import orjson
 
 from service.config import Config
 from service.crypto import Sealer
 from service.engine import EngineOptions, new_id
-from service.errors import ApiError, invalid
+from service.errors import invalid
 from service.providers.base import Turn
 from switchboard.responses.v1 import (
     content_pb2,
@@ -29,25 +28,20 @@ _INPUT_KINDS = {"message", "function_call", "function_call_output", "reasoning"}
 
 
 @dataclass(frozen=True)
-class ModelRef:
-    provider: str
-    model: str
-
-    @property
-    def full(self) -> str:
-        return f"{self.provider}/{self.model}"
-
-
-@dataclass(frozen=True)
 class Prepared:
     turn: Turn
     response: response_pb2.Response
-    model: ModelRef
+    # The requested model name; the attempt that answers decides the provider.
+    model: str
     omitted_tools: tuple[str, ...]
     options: EngineOptions = field(default_factory=EngineOptions)
+    # The request's input items with ids (stored and listed), and the earlier turns it continues.
+    inputs: list[items_pb2.Item] = field(default_factory=list)
+    history: list[items_pb2.Item] = field(default_factory=list)
 
 
 REASONING_PURPOSE = "reasoning.v1"
+COMPACTION_PURPOSE = "compaction.v1"
 # Namespaced tools reach the upstream as plain functions named <namespace>__<name>.
 NAMESPACE_SEPARATOR = "__"
 
@@ -59,20 +53,6 @@ class ToolPlan:
     allowed: frozenset[str]
     names: dict[str, tuple[str, str]]
     omitted: tuple[str, ...]
-
-
-def resolve_model(name: str, config: Config, param: str = "model") -> ModelRef:
-    provider, sep, model = name.partition("/")
-    if not sep or not provider or not model:
-        raise invalid(f"Model {name!r} must be named '<provider>/<model>'.", param, code="invalid_model")
-    if config.provider(provider) is None:
-        raise ApiError(
-            grpc.StatusCode.NOT_FOUND,
-            "model_not_found",
-            f"The model {name!r} does not exist: no provider named {provider!r} is configured.",
-            param=param,
-        )
-    return ModelRef(provider, model)
 
 
 def _tool_type(tool: tools_pb2.Tool) -> str:
@@ -126,14 +106,13 @@ def plan_tools(request: Request, config: Config) -> ToolPlan:
     return ToolPlan(functions=functions, choice=choice, allowed=allowed, names=names, omitted=tuple(omitted))
 
 
-def conversation(request: Request, sealer: Sealer | None = None) -> list[items_pb2.Item]:
-    """Instructions as the first system message, then the input items."""
+_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs",
+                "compaction": "cmp"}
+
+
+def input_items(request: Request) -> list[items_pb2.Item]:
+    """The request's input as items, each with an id: what is stored, listed and chained."""
     items: list[items_pb2.Item] = []
-    if request.HasField("instructions") and request.instructions:
-        system = items_pb2.Item()
-        system.message.role = items_pb2.MESSAGE_ROLE_SYSTEM
-        system.message.content.text = request.instructions
-        items.append(system)
     which = request.input.WhichOneof("value")
     if which == "text":
         user = items_pb2.Item()
@@ -143,22 +122,67 @@ def conversation(request: Request, sealer: Sealer | None = None) -> list[items_p
     elif which == "items":
         for index, item in enumerate(request.input.items.items):
             kind = item.WhichOneof("item")
-            if kind == "item_reference":
-                raise invalid("Item references need a stored response; none matches this id.",
-                              f"input[{index}].id", code="item_not_found")
-            if kind not in _INPUT_KINDS:
+            if kind not in _INPUT_KINDS and kind not in ("item_reference", "compaction"):
                 tag = _tool_type_of_item(item)
                 raise invalid(f"Input items of type {tag!r} are not supported.", f"input[{index}].type")
             if kind == "message" and item.message.role == items_pb2.MESSAGE_ROLE_UNSPECIFIED:
                 raise invalid("Missing required parameter: 'role'.", f"input[{index}].role")
-            items.append(_for_upstream(item, index, sealer))
-    if which is None or (which == "items" and not request.input.items.items):
+            copy = items_pb2.Item()
+            copy.CopyFrom(item)
+            items.append(copy)
+    if not items:
         raise invalid("The request has no input: give 'input' as a string or a list of items.", "input",
                       code="missing_input")
+    for item in items:
+        prefix = _ID_PREFIXES.get(str(item.WhichOneof("item")))
+        if prefix is not None:
+            sub = getattr(item, str(item.WhichOneof("item")))
+            if not sub.id:
+                sub.id = new_id(prefix)
     return items
 
 
-def _for_upstream(item: items_pb2.Item, index: int, sealer: Sealer | None) -> items_pb2.Item:
+def conversation(request: Request, inputs: list[items_pb2.Item], history: list[items_pb2.Item],
+                 sealer: Sealer | None = None) -> list[items_pb2.Item]:
+    """What the upstream sees: instructions as the first system message (never inherited), the earlier turns
+    of the chain, then the input, with references and compactions expanded."""
+    items: list[items_pb2.Item] = []
+    if request.HasField("instructions") and request.instructions:
+        system = items_pb2.Item()
+        system.message.role = items_pb2.MESSAGE_ROLE_SYSTEM
+        system.message.content.text = request.instructions
+        items.append(system)
+    known = {item_id(i): i for i in history if item_id(i)}
+    for item in history:
+        items.extend(_expand(item, "previous_response_id", sealer))
+    for index, item in enumerate(inputs):
+        if item.WhichOneof("item") == "item_reference":
+            found = known.get(item.item_reference.id)
+            if found is None:
+                raise invalid(f"No item with id {item.item_reference.id!r} in this conversation.",
+                              f"input[{index}].id", code="item_not_found")
+            item = found
+        items.extend(_expand(item, f"input[{index}]", sealer))
+    return items
+
+
+def item_id(item: items_pb2.Item) -> str:
+    kind = item.WhichOneof("item")
+    if kind is None or kind == "other":
+        return ""
+    return str(getattr(item, kind).id)
+
+
+def _expand(item: items_pb2.Item, param: str, sealer: Sealer | None) -> list[items_pb2.Item]:
+    if item.WhichOneof("item") != "compaction":
+        return [_for_upstream(item, param, sealer)]
+    if sealer is None:
+        raise invalid("Compaction items cannot be read here.", param, code="invalid_encrypted_content")
+    sealed = sealer.open(item.compaction.encrypted_content, COMPACTION_PURPOSE, f"{param}.encrypted_content")
+    return [_for_upstream(inner, param, sealer) for inner in items_pb2.ItemList.FromString(sealed).items]
+
+
+def _for_upstream(item: items_pb2.Item, param: str, sealer: Sealer | None) -> items_pb2.Item:
     """Namespaced calls get their flat upstream name; encrypted reasoning is restored."""
     kind = item.WhichOneof("item")
     if kind == "function_call" and item.function_call.HasField("namespace"):
@@ -168,8 +192,8 @@ def _for_upstream(item: items_pb2.Item, index: int, sealer: Sealer | None) -> it
         flat.function_call.ClearField("namespace")
         return flat
     if kind == "reasoning" and item.reasoning.encrypted_content and sealer is not None:
-        param = f"input[{index}].encrypted_content"
-        data = orjson.loads(sealer.open(item.reasoning.encrypted_content, REASONING_PURPOSE, param))
+        data = orjson.loads(sealer.open(item.reasoning.encrypted_content, REASONING_PURPOSE,
+                                        f"{param}.encrypted_content"))
         restored = items_pb2.Item()
         restored.CopyFrom(item)
         if not restored.reasoning.content:
@@ -189,14 +213,14 @@ def _tool_type_of_item(item: items_pb2.Item) -> str:
     return value.string_value if value is not None else "unknown"
 
 
-def initial_response(request: Request, model: ModelRef, store: bool) -> response_pb2.Response:
+def initial_response(request: Request, model: str, store: bool) -> response_pb2.Response:
     """The response snapshot before any output, echoing the request parameters with their defaults."""
     r = response_pb2.Response(
         id=new_id("resp"),
         object="response",
         created_at=int(time.time()),
         status=response_pb2.RESPONSE_STATUS_IN_PROGRESS,
-        model=model.full,
+        model=model,
         truncation=request.truncation if request.HasField("truncation") else response_pb2.TRUNCATION_DISABLED,
         parallel_tool_calls=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True,
         top_p=request.top_p if request.HasField("top_p") else 1.0,
@@ -230,15 +254,17 @@ def initial_response(request: Request, model: ModelRef, store: bool) -> response
 
 
 def prepare(request: Request, config: Config, *, stream: bool, timeout: float | None,
-            sealer: Sealer | None = None) -> Prepared:
-    name = request.model if request.HasField("model") and request.model else config.default_model
-    if not name:
+            sealer: Sealer | None = None, history: list[items_pb2.Item] | None = None,
+            store_default: bool = True) -> Prepared:
+    model = request.model if request.HasField("model") and request.model else config.default_model
+    if not model:
         raise invalid("Missing required parameter: 'model' (no default model is configured).", "model")
-    model = resolve_model(name, config)
     tools = plan_tools(request, config)
+    inputs = input_items(request)
+    history = history or []
     turn = Turn(
-        model=model.model,
-        items=conversation(request, sealer),
+        model="",  # set by each upstream attempt
+        items=conversation(request, inputs, history, sealer),
         stream=stream,
         tools=tools.functions,
         tool_choice=tools.choice,
@@ -246,13 +272,13 @@ def prepare(request: Request, config: Config, *, stream: bool, timeout: float | 
     )
     for name in ("max_output_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty",
                  "top_k", "top_logprobs", "parallel_tool_calls", "user"):
-        if request.HasField(name):  # type: ignore[arg-type]
+        if request.HasField(name):
             setattr(turn, name, getattr(request, name))
     if request.HasField("text"):
         turn.text = request.text
     if request.HasField("reasoning"):
         turn.reasoning = request.reasoning
-    store = request.store if request.HasField("store") else False
+    store = request.store if request.HasField("store") else store_default
     include = set(request.include)
     seal = None
     if sealer is not None and responses_service_pb2.INCLUDE_REASONING_ENCRYPTED_CONTENT in include:
@@ -265,7 +291,7 @@ def prepare(request: Request, config: Config, *, stream: bool, timeout: float | 
         parallel_tool_calls=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True,
         logprobs=responses_service_pb2.INCLUDE_MESSAGE_OUTPUT_TEXT_LOGPROBS in include,
         seal_reasoning=seal,
-        prices=config.prices.get(model.full),
+        prices=config.prices.get(model),
     )
     return Prepared(turn=turn, response=initial_response(request, model, store), model=model,
-                    omitted_tools=tools.omitted, options=options)
+                    omitted_tools=tools.omitted, options=options, inputs=inputs, history=history)

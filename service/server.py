@@ -7,8 +7,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.auth import ApiKeys, AuthInterceptor
+from service.background import BackgroundWorker
 from service.config import Config
+from service.ratelimit import RateLimiter
 from service.servicer import ResponsesServicer
+from service.store import Store
 from service.turns import TurnRunner
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
 
@@ -16,18 +19,21 @@ SERVICE_NAME = responses_service_pb2.DESCRIPTOR.services_by_name["Responses"].fu
 _MAX_MESSAGE = 64 * 1024 * 1024
 
 
-def create_server(config: Config, runner: TurnRunner,
+def create_server(config: Config, runner: TurnRunner, *, store: Store | None = None,
+                  worker: BackgroundWorker | None = None, limiter: RateLimiter | None = None,
                   address: str | None = None) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A started-ready (not yet started) server bound to ``address`` (port 0 picks a free port)."""
+    """A server ready to start, bound to ``address`` (port 0 picks a free port)."""
+    keys = ApiKeys(config.api_keys)
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(ApiKeys(config.api_keys))],
+        interceptors=[AuthInterceptor(keys)],
         options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.max_send_message_length", _MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
         ],
     )
-    responses_service_pb2_grpc.add_ResponsesServicer_to_server(ResponsesServicer(runner), server)
+    responses_service_pb2_grpc.add_ResponsesServicer_to_server(
+        ResponsesServicer(runner, keys, store=store, worker=worker, limiter=limiter), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -1,62 +1,141 @@
-"""The Responses gRPC servicer: thin handlers over the turn runner."""
+"""The Responses gRPC servicer: thin handlers over the turn runner, the store and the background worker."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal, TypeVar
 
 import grpc
 
-from service.auth import abort
-from service.errors import ApiError, internal
+from service.auth import ApiKeys, abort, owner_of
+from service.background import TERMINAL_STATUSES, BackgroundWorker, tail
+from service.engine import TurnEngine, new_id
+from service.errors import ApiError, internal, invalid
+from service.ratelimit import RateLimiter, headers, rejected
+from service.requests import COMPACTION_PURPOSE, input_items
+from service.session import session
+from service.store import Store, StoredResponse
 from service.turns import Started, TurnRunner
-from switchboard.responses.v1 import events_pb2, response_pb2, responses_service_pb2, responses_service_pb2_grpc
+from switchboard.responses.v1 import (
+    events_pb2,
+    items_pb2,
+    response_pb2,
+    responses_service_pb2_grpc,
+)
+from switchboard.responses.v1 import (
+    responses_service_pb2 as pb,
+)
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 OMITTED_TOOLS_HEADER = "x-switchboard-omitted-tools"
+T = TypeVar("T")
+
+
+def not_found(response_id: str) -> ApiError:
+    return ApiError(grpc.StatusCode.NOT_FOUND, "not_found", f"No response found with id {response_id!r}.",
+                    param="response_id")
 
 
 class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
-    def __init__(self, runner: TurnRunner) -> None:
+    def __init__(self, runner: TurnRunner, keys: ApiKeys, *, store: Store | None = None,
+                 worker: BackgroundWorker | None = None, limiter: RateLimiter | None = None) -> None:
         self._runner = runner
+        self._keys = keys
+        self._store = store
+        self._worker = worker
+        self._limiter = limiter
 
-    async def _start(self, request: responses_service_pb2.CreateResponseRequest, context: Context,
-                     *, stream: bool) -> Started:
-        started = await self._runner.start(request, stream=stream, timeout=context.time_remaining(),
+    # ------------------------------------------------------------ helpers
+
+    def _owner(self, context: Context) -> str:
+        return owner_of(tuple(context.invocation_metadata() or ()), self._keys)
+
+    async def _guard(self, context: Context, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """Runs a unary handler body: API errors become statuses; anything else is logged, never leaked."""
+        try:
+            return await call()
+        except ApiError as error:
+            await abort(context, error)
+        except Exception:
+            log.exception("%s failed", what)
+            await abort(context, internal())
+        raise AssertionError("unreachable: abort raises")
+
+    def _require_store(self) -> Store:
+        if self._store is None:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "store_disabled", "This gateway stores nothing.")
+        return self._store
+
+    async def _stored(self, owner: str, response_id: str) -> StoredResponse:
+        stored = await self._require_store().get_response(owner, response_id)
+        if stored is None:
+            raise not_found(response_id)
+        return stored
+
+    async def _start(self, request: pb.CreateResponseRequest, context: Context, *, stream: bool) -> Started:
+        owner = self._owner(context)
+        started = await self._runner.start(request, owner=owner, stream=stream, timeout=context.time_remaining(),
                                            metadata=tuple(context.invocation_metadata() or ()))
+        metadata: tuple[tuple[str, str], ...] = ()
+        if self._limiter is not None:
+            decision = await self._limiter.check_request(owner, len(request.SerializeToString()) // 4)
+            metadata += tuple(headers(decision).items())
+            if not decision.allowed:
+                await started.deltas.aclose()
+                self._runner.metrics.rate_limited.add(1)
+                await context.send_initial_metadata(metadata)
+                raise rejected(decision)
         if started.prepared.omitted_tools:
-            await context.send_initial_metadata(((OMITTED_TOOLS_HEADER, ",".join(started.prepared.omitted_tools)),))
+            metadata += ((OMITTED_TOOLS_HEADER, ",".join(started.prepared.omitted_tools)),)
+        if metadata:
+            await context.send_initial_metadata(metadata)
         return started
 
-    async def CreateResponse(  # noqa: N802 (gRPC method name)
-        self, request: responses_service_pb2.CreateResponseRequest, context: Context
-    ) -> response_pb2.Response:
-        try:
+    async def _record_tokens(self, owner: str, response: response_pb2.Response) -> None:
+        if self._limiter is not None:
+            await self._limiter.record_tokens(owner, response.usage.total_tokens)
+
+    # ------------------------------------------------------------ create
+
+    async def CreateResponse(self, request: pb.CreateResponseRequest,  # noqa: N802 (gRPC method name)
+                             context: Context) -> response_pb2.Response:
+        async def create() -> response_pb2.Response:
+            if request.background:
+                return await self._background(request, context)
             started = await self._start(request, context, stream=False)
             async for _ in self._runner.run(started):
                 pass
             response = started.engine.response
+            await self._record_tokens(started.owner, response)
             if response.status == response_pb2.RESPONSE_STATUS_FAILED:
                 # A unary call has no stream to carry the failure: it is the call's status.
                 raise ApiError(grpc.StatusCode.UNAVAILABLE, response.error.code, response.error.message,
                                http_status=502)
             return response
-        except ApiError as error:
-            await abort(context, error)
-        except Exception:
-            log.exception("CreateResponse failed")
-            await abort(context, internal())
-        raise AssertionError("unreachable: abort raises")
 
-    async def StreamResponse(  # noqa: N802 (gRPC method name)
-        self, request: responses_service_pb2.CreateResponseRequest, context: Context
-    ) -> AsyncIterator[events_pb2.StreamEvent]:
+        return await self._guard(context, create, "CreateResponse")
+
+    async def _background(self, request: pb.CreateResponseRequest, context: Context) -> response_pb2.Response:
+        if self._worker is None:
+            raise invalid("Background mode needs a store.", "background", code="store_disabled")
+        return await self._worker.submit(request, self._owner(context))
+
+    async def StreamResponse(self, request: pb.CreateResponseRequest,  # noqa: N802 (gRPC method name)
+                             context: Context) -> AsyncIterator[events_pb2.StreamEvent]:
         try:
-            # The upstream's first delta comes before the first event, so a failure to start is a status
-            # (an HTTP 4xx/5xx at the edge) rather than a failed stream.
-            started = await self._start(request, context, stream=True)
+            if request.background:
+                # The job runs in a worker; this stream follows its persisted events.
+                response = await self._background(request, context)
+                events = tail(self._require_store(), self._owner(context), response.id, -1)
+            else:
+                # The upstream's first delta comes before the first event, so a failure to start is a status
+                # (an HTTP 4xx/5xx at the edge) rather than a failed stream.
+                started = await self._start(request, context, stream=True)
+                events = self._runner.run(started)
         except ApiError as error:
             await abort(context, error)
             return
@@ -64,5 +143,124 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
             log.exception("StreamResponse failed before the first event")
             await abort(context, internal())
             return
-        async for event in self._runner.run(started):
+        async for event in events:
             yield event
+        if not request.background:
+            await self._record_tokens(started.owner, started.engine.response)
+
+    # ------------------------------------------------------------ stored responses
+
+    async def GetResponse(self, request: pb.GetResponseRequest,  # noqa: N802 (gRPC method name)
+                          context: Context) -> response_pb2.Response:
+        async def get() -> response_pb2.Response:
+            return (await self._stored(self._owner(context), request.response_id)).response
+
+        return await self._guard(context, get, "GetResponse")
+
+    async def ResumeResponse(self, request: pb.GetResponseRequest,  # noqa: N802 (gRPC method name)
+                             context: Context) -> AsyncIterator[events_pb2.StreamEvent]:
+        owner = self._owner(context)
+        try:
+            stored = await self._stored(owner, request.response_id)
+            if not stored.response.background:
+                raise invalid("Only background responses can be streamed again.", "stream")
+        except ApiError as error:
+            await abort(context, error)
+            return
+        after = request.starting_after if request.HasField("starting_after") else -1
+        async for event in tail(self._require_store(), owner, request.response_id, after):
+            yield event
+
+    async def DeleteResponse(self, request: pb.DeleteResponseRequest,  # noqa: N802 (gRPC method name)
+                             context: Context) -> pb.DeletedResponse:
+        async def delete() -> pb.DeletedResponse:
+            if not await self._require_store().delete_response(self._owner(context), request.response_id):
+                raise not_found(request.response_id)
+            return pb.DeletedResponse(id=request.response_id, object="response", deleted=True)
+
+        return await self._guard(context, delete, "DeleteResponse")
+
+    async def CancelResponse(self, request: pb.CancelResponseRequest,  # noqa: N802 (gRPC method name)
+                             context: Context) -> response_pb2.Response:
+        async def cancel() -> response_pb2.Response:
+            owner = self._owner(context)
+            store = self._require_store()
+            stored = await self._stored(owner, request.response_id)
+            if not stored.response.background:
+                raise invalid("Only background responses can be cancelled.", "response_id")
+            if stored.response.status in TERMINAL_STATUSES:
+                return stored.response
+            await store.request_cancel(owner, request.response_id)
+            if stored.response.status == response_pb2.RESPONSE_STATUS_QUEUED:
+                engine = TurnEngine(stored.response, first_sequence=2)
+                events = engine.cancel()
+                await store.update_status(owner, request.response_id, engine.response)
+                await store.append_events(request.response_id, events)
+                return engine.response
+            # Running: the worker notices the flag between deltas and ends the stream.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                current = await self._stored(owner, request.response_id)
+                if current.response.status in TERMINAL_STATUSES:
+                    return current.response
+                await asyncio.sleep(0.05)
+            return (await self._stored(owner, request.response_id)).response
+
+        return await self._guard(context, cancel, "CancelResponse")
+
+    async def ListInputItems(self, request: pb.ListInputItemsRequest,  # noqa: N802 (gRPC method name)
+                             context: Context) -> pb.InputItemList:
+        async def page() -> pb.InputItemList:
+            limit = request.limit if request.HasField("limit") else 20
+            if not 1 <= limit <= 100:
+                raise invalid("'limit' must be between 1 and 100.", "limit")
+            order: Literal["asc", "desc"] = "asc" if request.order == pb.LIST_ORDER_ASC else "desc"
+            try:
+                found = await self._require_store().list_input_items(
+                    self._owner(context), request.response_id, limit=limit, order=order,
+                    after=request.after if request.HasField("after") else None,
+                    before=request.before if request.HasField("before") else None)
+            except ValueError:
+                raise invalid("'after' or 'before' is not an input item of this response.",
+                              "after" if request.HasField("after") else "before") from None
+            if found is None:
+                raise not_found(request.response_id)
+            result = pb.InputItemList(object="list", data=found.items, has_more=found.has_more)
+            if found.first_id is not None:
+                result.first_id = found.first_id
+            if found.last_id is not None:
+                result.last_id = found.last_id
+            return result
+
+        return await self._guard(context, page, "ListInputItems")
+
+    # ------------------------------------------------------------ compaction and sessions
+
+    async def CompactResponse(self, request: pb.CompactResponseRequest,  # noqa: N802 (gRPC method name)
+                              context: Context) -> pb.Compaction:
+        async def compact() -> pb.Compaction:
+            if not request.model:
+                raise invalid("Missing required parameter: 'model'.", "model", code="missing_required_parameter")
+            self._runner.resolve(request.model)
+            owner = self._owner(context)
+            history: list[items_pb2.Item] = []
+            if request.previous_response_id:
+                history = await self._runner.history(owner, request.previous_response_id)
+            inputs = input_items(pb.CreateResponseRequest(input=request.input)) if request.HasField("input") else []
+            # Lossless: the whole context, sealed with the server key; sending the item back restores it.
+            sealed = self._runner.sealer.seal(items_pb2.ItemList(items=history + inputs).SerializeToString(),
+                                              COMPACTION_PURPOSE)
+            item = items_pb2.Item(compaction=items_pb2.CompactionItem(id=new_id("cmp"), encrypted_content=sealed,
+                                                                       created_by="switchboard"))
+            usage = response_pb2.Usage(input_tokens_details=response_pb2.InputTokensDetails(),
+                                       output_tokens_details=response_pb2.OutputTokensDetails())
+            return pb.Compaction(id=new_id("cmp"), object="response.compaction", output=[item],
+                                 created_at=int(time.time()), usage=usage)
+
+        return await self._guard(context, compact, "CompactResponse")
+
+    async def Session(self, request_iterator: AsyncIterator[pb.SessionRequest],  # noqa: N802 (gRPC method name)
+                      context: Context) -> AsyncIterator[pb.SessionEvent]:
+        metadata = tuple(context.invocation_metadata() or ())
+        async for frame in session(self._runner, request_iterator, owner=self._owner(context), metadata=metadata):
+            yield frame

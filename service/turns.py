@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import orjson
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -17,34 +20,51 @@ from service import telemetry
 from service.config import Config
 from service.crypto import Sealer
 from service.engine import Event, TurnEngine
-from service.errors import ApiError, UpstreamError, internal
+from service.errors import ApiError, internal
 from service.metrics import Metrics
 from service.providers.base import Delta, Finish, Provider
-from service.requests import ModelRef, Prepared, prepare, resolve_model
+from service.requests import Prepared, prepare
+from service.routing import Attempt, Router
+from service.store import Store
+from service.validation import validate
 from switchboard.responses.v1 import response_pb2, responses_service_pb2
+from switchboard.responses.v1.items_pb2 import Item
 
 Request = responses_service_pb2.CreateResponseRequest
 tracer = trace.get_tracer("switchboard.service")
+log = logging.getLogger(__name__)
 
 
-def should_fall_back(error: ApiError) -> bool:
-    """Failures before any output that another model or endpoint may not have."""
-    if error.code == "context_length_exceeded":
-        return True
-    return isinstance(error, UpstreamError) and error.retryable
+def previous_not_found(response_id: str) -> ApiError:
+    return ApiError(grpc.StatusCode.NOT_FOUND, "previous_response_not_found",
+                    f"Previous response with id {response_id!r} not found.", param="previous_response_id")
 
 
-@dataclass
-class Attempt:
-    model: ModelRef
-    provider_name: str
-    upstream_model: str
+_TIERS = {"auto": response_pb2.SERVICE_TIER_AUTO, "default": response_pb2.SERVICE_TIER_DEFAULT,
+          "flex": response_pb2.SERVICE_TIER_FLEX, "priority": response_pb2.SERVICE_TIER_PRIORITY,
+          "scale": response_pb2.SERVICE_TIER_SCALE}
+# Request fields -> the parameter names endpoints declare in `supported_parameters` (OpenRouter's names).
+_PARAMETERS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "max_output_tokens": "max_tokens",
+               "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+               "tool_choice": "tool_choice", "parallel_tool_calls": "parallel_tool_calls",
+               "top_logprobs": "top_logprobs", "reasoning": "reasoning"}
+
+
+def needed_parameters(request: Request) -> set[str]:
+    needed = {name for field, name in _PARAMETERS.items() if request.HasField(field)}  # type: ignore[arg-type]
+    if request.tools:
+        needed.add("tools")
+    if request.text.format.WhichOneof("format") in ("json_object", "json_schema"):
+        needed.add("response_format")
+    return needed
 
 
 @dataclass
 class Started:
     """A turn whose upstream has produced its first delta (or finished without any)."""
 
+    request: Request
+    owner: str
     prepared: Prepared
     engine: TurnEngine
     attempt: Attempt
@@ -54,95 +74,156 @@ class Started:
     started_at: float
     first_at: float
     stream: bool
+    resumed: bool = False
 
 
 class TurnRunner:
-    def __init__(self, config: Config, providers: dict[str, Provider], metrics: Metrics) -> None:
+    def __init__(self, config: Config, providers: dict[str, Provider], metrics: Metrics,
+                 store: Store | None = None) -> None:
         self._config = config
         self._providers = providers
         self._metrics = metrics
+        self._store = store
         self._sealer = Sealer(config.encryption_key)
+        self.router = Router(config.routing, set(providers))
+
+    @property
+    def store(self) -> Store | None:
+        return self._store
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._metrics
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    async def history(self, owner: str, previous_response_id: str) -> list[Item]:
+        """The earlier turns of a chain, oldest first: each turn's input items, then its output."""
+        if self._store is None:
+            raise previous_not_found(previous_response_id)
+        chain = await self._store.chain(owner, previous_response_id)
+        if not chain:
+            raise previous_not_found(previous_response_id)
+        items: list[Item] = []
+        for stored in chain:
+            items.extend(stored.input_items)
+            items.extend(stored.response.output)
+        return items
+
+    def prepare(self, request: Request, *, stream: bool, timeout: float | None,
+                history: list[Item] | None) -> Prepared:
+        validate(request)
+        return prepare(request, self._config, stream=stream, timeout=timeout, sealer=self._sealer,
+                       history=history, store_default=self._config.store_default and self._store is not None)
 
     @property
     def sealer(self) -> Sealer:
         return self._sealer
 
-    def attempts(self, request: Request, prepared: Prepared) -> list[Attempt]:
-        """`model`, then each of `models`, in order."""
-        refs = [prepared.model]
-        for index, name in enumerate(request.models):
-            ref = resolve_model(name, self._config, param=f"models[{index}]")
-            if ref not in refs:
-                refs.append(ref)
-        return [Attempt(model=ref, provider_name=ref.provider, upstream_model=ref.model) for ref in refs]
+    def resolve(self, name: str, param: str = "model") -> None:
+        """Raises 404 unless ``name`` is a routed model or `<provider>/<model>` with a configured provider."""
+        self.router.endpoints(name, param)
 
-    async def start(self, request: Request, *, stream: bool, timeout: float | None,
-                    metadata: Sequence[tuple[str, Any]] | None = None) -> Started:
+    def plan(self, request: Request, prepared: Prepared, metadata: Sequence[tuple[str, Any]] | None) -> list[Attempt]:
+        """The upstream attempts: `model`, then each of `models`, each over its endpoints in routing order."""
+        session_key = telemetry.session_id(request, metadata) or (
+            request.prompt_cache_key if request.HasField("prompt_cache_key") else None)
+        return self.router.plan(
+            [prepared.model, *request.models], request.provider if request.HasField("provider") else None,
+            session_key=session_key or None, needed_parameters=needed_parameters(request),
+            estimated_input_tokens=sum(len(i.SerializeToString()) for i in prepared.turn.items) // 4)
+
+    async def start(self, request: Request, *, owner: str, stream: bool, timeout: float | None,
+                    metadata: Sequence[tuple[str, Any]] | None = None, history: list[Item] | None = None,
+                    resumed: response_pb2.Response | None = None) -> Started:
+        """Resolves the request and starts the first upstream attempt that works. ``history`` overrides the
+        stored chain (WebSocket sessions); ``resumed`` is a queued background response a worker now runs."""
         started_at = time.monotonic()
         telemetry.annotate(request, metadata)
-        prepared = prepare(request, self._config, stream=stream, timeout=timeout, sealer=self._sealer)
-        attempts = self.attempts(request, prepared)
-        for position, attempt in enumerate(attempts):
-            last = position == len(attempts) - 1
-            turn = dataclasses.replace(prepared.turn, model=attempt.upstream_model)
+        if history is None and request.HasField("previous_response_id") and request.previous_response_id:
+            history = await self.history(owner, request.previous_response_id)
+        prepared = self.prepare(request, stream=stream, timeout=timeout, history=history)
+        if resumed is not None:
+            prepared.response.id, prepared.response.created_at = resumed.id, resumed.created_at
+            prepared.response.background = True
+        attempts = self.plan(request, prepared, metadata)
+
+        async def attempt_call(attempt: Attempt) -> tuple[AsyncGenerator[Delta, None], Delta | None, Span]:
+            endpoint = attempt.endpoint
+            turn = dataclasses.replace(prepared.turn, model=endpoint.model)
             if timeout is not None:
                 turn.timeout = max(0.0, timeout - (time.monotonic() - started_at))
             span = self._attempt_span(attempt, prepared)
-            deltas = self._providers[attempt.provider_name].stream(turn)
+            deltas = self._providers[endpoint.provider].stream(turn)
             try:
                 with trace.use_span(span, end_on_exit=False):
-                    first: Delta | None = await anext(deltas, None)
-            except ApiError as error:
-                await deltas.aclose()
-                self._attempt_failed(span, attempt, error)
-                if not last and should_fall_back(error):
-                    continue
-                self._count(prepared.model, error.status.name)
-                raise
+                    first = await anext(deltas, None)
             except BaseException as error:
                 await deltas.aclose()
                 self._attempt_failed(span, attempt, error)
                 raise
-            response = prepared.response
-            response.model = attempt.model.full
-            return Started(prepared=prepared, engine=TurnEngine(response, prepared.options), attempt=attempt,
-                           deltas=deltas, first=first, span=span, started_at=started_at,
-                           first_at=time.monotonic(), stream=stream)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+            return deltas, first, span
 
-    async def run(self, started: Started) -> AsyncIterator[Event]:
-        """The events of the whole turn; ends with exactly one terminal event, whatever fails."""
+        try:
+            attempt, (deltas, first, span) = await self.router.run(attempts, attempt_call)
+        except ApiError as error:
+            self._metrics.requests.add(1, {"route": "responses", "status": error.status.name,
+                                           "model": prepared.model, "provider": ""})
+            raise
+        response = prepared.response
+        response.model = attempt.model_name
+        response.service_tier = _TIERS.get(attempt.endpoint.tier, response_pb2.SERVICE_TIER_DEFAULT)
+        options = prepared.options
+        if attempt.endpoint.price_prompt or attempt.endpoint.price_completion:
+            options = dataclasses.replace(options, prices=(attempt.endpoint.price_prompt,
+                                                           attempt.endpoint.price_completion))
+        # A resumed background response continues its stream after `response.created` and `.queued`.
+        engine = TurnEngine(response, options, first_sequence=2 if resumed is not None else 0)
+        return Started(request=request, owner=owner, prepared=prepared, engine=engine, attempt=attempt,
+                       deltas=deltas, first=first, span=span, started_at=started_at,
+                       first_at=time.monotonic(), stream=stream, resumed=resumed is not None)
+
+    async def run(self, started: Started, cancel: asyncio.Event | None = None) -> AsyncIterator[Event]:
+        """The events of the whole turn; ends with exactly one terminal event, whatever fails. The response is
+        stored before its terminal event is sent, so a client that sees it can fetch it."""
         engine = started.engine
         if started.stream:
             self._metrics.active_streams.add(1)
         finish_reason: str | None = None
         status = "OK"
+        terminal: list[Event]
         try:
-            for event in engine.start():
+            for event in engine.resume() if started.resumed else engine.start():
                 yield event
             if started.first is not None:
                 self._metrics.time_to_first_token.record(started.first_at - started.started_at,
                                                          self._labels(started))
                 for event in engine.feed(started.first):
                     yield event
+                if isinstance(started.first, Finish):
+                    finish_reason = started.first.reason
                 async for delta in started.deltas:
+                    if cancel is not None and cancel.is_set():
+                        break
                     if isinstance(delta, Finish):
                         finish_reason = delta.reason
                     for event in engine.feed(delta):
                         yield event
-                if isinstance(started.first, Finish):
-                    finish_reason = started.first.reason
-            for event in engine.finish():
-                yield event
+            terminal = engine.cancel() if cancel is not None and cancel.is_set() else engine.finish()
         except ApiError as error:
             status = error.status.name
             self._attempt_failed(started.span, started.attempt, error, end=False)
-            for event in engine.fail(error):
-                yield event
+            terminal = engine.fail(error)
         except Exception as error:
+            log.exception("the turn failed")
             status = "INTERNAL"
             self._attempt_failed(started.span, started.attempt, error, end=False)
-            for event in engine.fail(internal()):
+            terminal = engine.fail(internal())
+        try:
+            await self.save(started)
+            for event in terminal:
                 yield event
         finally:
             await started.deltas.aclose()
@@ -150,14 +231,22 @@ class TurnRunner:
                 self._metrics.active_streams.add(-1)
             self._finish(started, finish_reason, status)
 
+    async def save(self, started: Started) -> None:
+        response = started.engine.response
+        if self._store is None or not response.store:
+            return
+        expires = time.time() + self._config.retention_seconds if self._config.retention_seconds else None
+        await self._store.save_response(started.owner, response, started.request, started.prepared.inputs,
+                                        expires_at=expires)
+
     # ------------------------------------------------------------ telemetry
 
     def _attempt_span(self, attempt: Attempt, prepared: Prepared) -> Span:
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": attempt.provider_name,
-            "gen_ai.request.model": attempt.upstream_model,
-            "switchboard.model": attempt.model.full,
+            "gen_ai.provider.name": attempt.endpoint.provider,
+            "gen_ai.request.model": attempt.endpoint.model,
+            "switchboard.model": attempt.model_name,
         }
         turn = prepared.turn
         for key, value in (("gen_ai.request.max_tokens", turn.max_output_tokens),
@@ -167,22 +256,18 @@ class TurnRunner:
         if self._config.record_content:
             attributes["gen_ai.input.messages"] = orjson.dumps(
                 [telemetry.item_summary(item) for item in turn.items]).decode()
-        return tracer.start_span(f"chat {attempt.upstream_model}", kind=SpanKind.CLIENT, attributes=attributes)
+        return tracer.start_span(f"chat {attempt.endpoint.model}", kind=SpanKind.CLIENT, attributes=attributes)
 
     def _attempt_failed(self, span: Span, attempt: Attempt, error: BaseException, *, end: bool = True) -> None:
         code = error.code if isinstance(error, ApiError) else type(error).__name__
         span.set_status(Status(StatusCode.ERROR, str(code)))
         span.set_attribute("error.type", str(code))
-        self._metrics.upstream_errors.add(1, {"provider": attempt.provider_name, "code": str(code)})
+        self._metrics.upstream_errors.add(1, {"provider": attempt.endpoint.provider, "code": str(code)})
         if end:
             span.end()
 
     def _labels(self, started: Started) -> dict[str, str]:
-        return {"model": started.attempt.model.full, "provider": started.attempt.provider_name}
-
-    def _count(self, model: ModelRef, status: str) -> None:
-        self._metrics.requests.add(1, {"route": "responses", "status": status, "model": model.full,
-                                       "provider": model.provider})
+        return {"model": started.attempt.model_name, "provider": started.attempt.endpoint.provider}
 
     def _finish(self, started: Started, finish_reason: str | None, status: str) -> None:
         response = started.engine.response
@@ -197,7 +282,10 @@ class TurnRunner:
         if usage.HasField("cost"):
             self._metrics.cost.add(usage.cost, labels)
         span = started.span
-        span.set_attribute("gen_ai.response.model", started.attempt.upstream_model)
+        span.set_attribute("gen_ai.response.model", started.attempt.endpoint.model)
+        if response.status != response_pb2.RESPONSE_STATUS_FAILED:
+            self.router.record_success(started.attempt.endpoint, ttfb=started.first_at - started.started_at,
+                                       tokens=usage.output_tokens, duration=elapsed)
         span.set_attribute("gen_ai.response.id", response.id)
         span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
         span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)

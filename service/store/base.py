@@ -153,6 +153,31 @@ def item_id(item: Item) -> str | None:
     return str(inner.id) if inner.HasField("id") and inner.id else None
 
 
+def response_row(
+    owner: str, response: Response, request: CreateResponseRequest, expires_at: float | None
+) -> tuple[str, str, int, int, str | None, float | None, bytes, bytes]:
+    """The values of a ``responses`` row: id, owner, status, created_at, previous_response_id, expires_at,
+    response, request."""
+    previous = response.previous_response_id if response.HasField("previous_response_id") else None
+    return (
+        response.id,
+        owner,
+        int(response.status),
+        response.created_at,
+        previous,
+        expires_at,
+        response.SerializeToString(),
+        request.SerializeToString(),
+    )
+
+
+def item_rows(response_id: str, items: list[Item]) -> list[tuple[str, int, str, bytes]]:
+    """The values of the ``input_items`` rows: response_id, position, item_id, item."""
+    ids = item_ids(items)
+    pairs = enumerate(zip(ids, items, strict=True))
+    return [(response_id, pos, iid, item.SerializeToString()) for pos, (iid, item) in pairs]
+
+
 def item_ids(items: list[Item]) -> list[str]:
     ids = []
     for index, item in enumerate(items):

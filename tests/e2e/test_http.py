@@ -121,7 +121,7 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None, str]] = [
     ("bad item", {"input": [{"type": "message", "role": "user", "content": 5}]}, 400, "input[0].content",
      "invalid_request"),
     ("unknown provider", {"model": "nowhere/x", "input": "x"}, 404, "model", "model_not_found"),
-    ("model without provider", {"model": "gpt-4o", "input": "x"}, 400, "model", "invalid_model"),
+    ("model without provider", {"model": "gpt-4o", "input": "x"}, 404, "model", "model_not_found"),
     ("no input", {"model": "fake/echo"}, 400, "input", "missing_input"),
     ("upstream 5xx", {"model": "fake/fail-500", "input": "x"}, 502, None, "upstream_error"),
     ("upstream 400", {"model": "fake/fail-400", "input": "x"}, 400, None, "upstream_error"),

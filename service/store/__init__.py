@@ -1,0 +1,32 @@
+"""Persistence of responses, background jobs and stream events: SQLite on one machine, PostgreSQL for replicas."""
+
+from __future__ import annotations
+
+from service.store.base import ItemPage, Job, Store, StoredResponse
+
+__all__ = ["ItemPage", "Job", "Store", "StoredResponse", "open_store", "sqlite_path"]
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite:///:memory:`` -> the path for sqlite3."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"store: expected sqlite:///PATH, got {url!r}")
+    path = url[len("sqlite:///") :]
+    if not path:
+        raise ValueError("store: the SQLite URL has no path")
+    return path
+
+
+def open_store(url: str) -> Store:
+    """The store for a URL: ``sqlite:///PATH`` or ``postgresql://...`` (``postgres://`` too). Call ``migrate()``
+    before use; connections are opened lazily, so this does no I/O."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        from service.store.sqlite import SQLiteStore
+
+        return SQLiteStore(sqlite_path(url))
+    if scheme in ("postgresql", "postgres"):
+        from service.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError(f"store: unsupported URL scheme {scheme!r} (sqlite:///PATH or postgresql://...)")
