@@ -26,6 +26,7 @@ TIMEOUT = 10.0
 
 def run(url: str, requests: int, random_seed: int | None, show: int) -> int:
     statuses: Counter[int] = Counter()
+    codes: Counter[str] = Counter()
     problems: list[tuple[str, bytes]] = []
     hangs: list[bytes] = []
     latencies: list[float] = []
@@ -55,6 +56,8 @@ def run(url: str, requests: int, random_seed: int | None, show: int) -> int:
             found = fuzzing.problem(reply.status_code, reply.content)
             if found is not None:
                 problems.append((found, body))
+            elif reply.status_code >= 400:
+                codes[str(reply.json()["error"]["code"])] += 1
             if len(latencies) % 1000 == 0:
                 print(f"  {len(latencies)} requests, {time.monotonic() - started:.0f} s", flush=True)
 
@@ -72,6 +75,7 @@ def run(url: str, requests: int, random_seed: int | None, show: int) -> int:
         p99 = latencies[int(len(latencies) * 0.99)]
         print(f"latency: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
               f"max {latencies[-1] * 1000:.1f} ms")
+    print("error codes: " + ", ".join(f"{code} {n}" for code, n in codes.most_common(20)))
     kinds: Counter[str] = Counter(found.split(":")[0] for found, _ in problems)
     for kind, count in kinds.most_common():
         print(f"  {count} x {kind}")

@@ -114,7 +114,7 @@ class Edge:
             reply = await call
             headers = _response_headers(await call.initial_metadata())
         except grpc.aio.AioRpcError as exc:
-            return error_response(from_rpc_error(exc))
+            return await self._error(call, exc)
         return Response(codec.dumps(reply), media_type=_JSON, headers=headers)
 
     async def sse(self, call: Any) -> Response:
@@ -123,7 +123,7 @@ class Edge:
             first = await call.read()
             headers = _response_headers(await call.initial_metadata())
         except grpc.aio.AioRpcError as exc:
-            return error_response(from_rpc_error(exc))
+            return await self._error(call, exc)
         except BaseException:
             call.cancel()
             raise
@@ -151,6 +151,15 @@ class Edge:
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={**_SSE_HEADERS, **headers})
 
+    async def _error(self, call: Any, exc: grpc.aio.AioRpcError) -> Response:
+        """The mapped error, with the headers the service sent before failing (rate-limit state)."""
+        error = from_rpc_error(exc)
+        try:
+            error.headers = {**_response_headers(await call.initial_metadata()), **error.headers}
+        except grpc.aio.AioRpcError:
+            pass
+        return error_response(error)
+
     async def healthz(self, request: Request) -> Response:
         assert self._health is not None
         try:
@@ -173,7 +182,7 @@ def error_response(error: HttpError) -> Response:
 def _response_headers(metadata: Sequence[tuple[str, Any]] | None) -> dict[str, str]:
     headers: dict[str, str] = {}
     for key, value in metadata or ():
-        if key in _RESPONSE_HEADERS:
+        if key in _RESPONSE_HEADERS or key.startswith("x-ratelimit-"):
             headers[key] = value.decode() if isinstance(value, bytes) else value
     return headers
 
