@@ -9,7 +9,8 @@ then measures the same tiny non-streaming request on each path:
 * ``edge``: POST /v1/responses to the HTTP edge (edge -> gRPC service -> upstream);
 * ``envoy``: the same through Envoy's public listener (Envoy -> edge -> service -> upstream);
 * ``grpc``: unary CreateResponse on the service;
-* ``grpc-envoy``: the same through Envoy's internal gRPC listener.
+* ``grpc-envoy``: the same through Envoy's internal gRPC listener;
+* ``edge-nostore``: the edge request with ``"store": false`` (storing is the default), to show the store's cost.
 
 For each: p50/p99 at concurrency 1 (sequential, keep-alive), and requests/s (with p50/p99 under load) at
 concurrency C. The CPU that every process used during the throughput phase is printed per request, the load
@@ -39,6 +40,8 @@ PROCESSES = ("client", "envoy", "edge", "service", "upstream")
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 DIRECT_BODY = orjson.dumps({"model": "echo", "messages": [{"role": "user", "content": "hello"}]})
 EDGE_BODY = orjson.dumps({"model": "fake/echo", "input": "hello"})
+# The same with "store": false: storing is on by default (as with OpenAI), this row shows what it costs.
+NOSTORE_BODY = orjson.dumps({"model": "fake/echo", "input": "hello", "store": False})
 
 
 @dataclass
@@ -155,6 +158,7 @@ def make_targets(bench: Bench, client: str, pool: int) -> list[Target]:
         ("direct", bench.upstream, "/v1/chat/completions", DIRECT_BODY, {}, b'"content":"echo: hello"'),
         ("edge", bench.http, "/v1/responses", EDGE_BODY, AUTH, b'"output_text":"echo: hello"'),
         ("envoy", bench.envoy, "/v1/responses", EDGE_BODY, AUTH, b'"output_text":"echo: hello"'),
+        ("edge-nostore", bench.http, "/v1/responses", NOSTORE_BODY, AUTH, b'"output_text":"echo: hello"'),
     ]
     targets: list[Target] = []
     for name, base, path, body, headers, expect in http_paths:
@@ -223,19 +227,19 @@ def report(results: list[Result], args: argparse.Namespace, client: str) -> None
     c = args.concurrency
     print(f"\nUnary latency (tiny non-streaming request), client={client}, "
           f"{args.requests} sequential requests; {args.throughput_requests} requests at concurrency {c}")
-    print(f"{'path':<11} {'p50 ms':>7} {'p99 ms':>7} {'mean ms':>8} {'req/s @' + str(c):>10}"
+    print(f"{'path':<12} {'p50 ms':>7} {'p99 ms':>7} {'mean ms':>8} {'req/s @' + str(c):>10}"
           f" {'p50@' + str(c):>8} {'p99@' + str(c):>8}")
     for r in results:
-        print(f"{r.path:<11} {r.p50:7.2f} {r.p99:7.2f} {r.mean:8.2f} {r.rps:10.0f} {r.load_p50:8.2f} {r.load_p99:8.2f}")
+        print(f"{r.path:<12} {r.p50:7.2f} {r.p99:7.2f} {r.mean:8.2f} {r.rps:10.0f} {r.load_p50:8.2f} {r.load_p99:8.2f}")
     for index, (title, attr) in enumerate((("at concurrency 1 (sequential phase)", "seq_cpu_ms"),
                                            (f"at concurrency {c}", "cpu_ms"))):
         print(f"\nCPU ms per request {title}, per process (client = this load generator; other = other "
               f"processes' CPU, as % of {os.cpu_count()} cores)")
-        print(f"{'path':<11} " + " ".join(f"{p:>8}" for p in PROCESSES) + f" {'total':>8} {'other':>6}")
+        print(f"{'path':<12} " + " ".join(f"{p:>8}" for p in PROCESSES) + f" {'total':>8} {'other':>6}")
         for r in results:
             cpu = getattr(r, attr) or {}
             cells = " ".join(f"{cpu[p]:8.3f}" if p in cpu and cpu[p] >= 0.0005 else f"{'-':>8}" for p in PROCESSES)
-            print(f"{r.path:<11} {cells} {sum(cpu.values()):8.3f} {100 * r.other[index]:5.0f}%")
+            print(f"{r.path:<12} {cells} {sum(cpu.values()):8.3f} {100 * r.other[index]:5.0f}%")
     base = {r.path: r for r in results}
     direct = base.get("direct")
     if direct is not None:
@@ -281,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
                         help="HTTP load generator: minimal keep-alive HTTP/1.1 client (default) or httpx")
     parser.add_argument("--paths", nargs="*", default=None,
-                        help="only these paths (direct edge envoy grpc grpc-envoy)")
+                        help="only these paths (direct edge envoy edge-nostore grpc grpc-envoy)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     uvloop.run(run(args))

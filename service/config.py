@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENVOY_TEMPLATE = REPO_ROOT / "deploy" / "envoy" / "envoy.yaml"
-PROVIDER_KINDS = ("openai-chat", "llama-cpp")
+PROVIDER_KINDS = ("openai-chat", "openai-responses", "anthropic", "llama-cpp")
 
 
 class ConfigError(ValueError):
@@ -106,8 +106,8 @@ def _provider(raw: Any, index: int, env: dict[str, str]) -> ProviderConfig:
     if key_env:
         api_key = env.get(str(key_env)) or api_key
     base_url = raw.pop("base_url", None)
-    if kind == "openai-chat" and not base_url:
-        raise ConfigError(f"{where}.base_url: required for kind openai-chat")
+    if kind in ("openai-chat", "openai-responses") and not base_url:
+        raise ConfigError(f"{where}.base_url: required for kind {kind}")
     headers = raw.pop("headers", None) or {}
     return ProviderConfig(
         name=name,

@@ -19,6 +19,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import strategies as st
 
 from edge import codec
+from service.errors import ApiError
+from service.validation import validate
 from switchboard.responses.v1 import json_pb2, responses_service_pb2
 
 Strategy = st.SearchStrategy[Any]
@@ -34,10 +36,17 @@ _SCHEMA_URIS = ["http://json-schema.org/draft-07/schema#", "https://json-schema.
 
 # ---------------------------------------------------------------- JSON values
 
+
+@st.composite
+def _weighted(draw: st.DrawFn, usual: Strategy, rare: Strategy, odds: int) -> Any:
+    """``rare`` once in ``odds`` draws, else ``usual`` (one_of would weigh them equally)."""
+    return draw(rare if draw(st.integers(0, odds - 1)) == odds // 2 else usual)  # 0 and odds-1 are drawn more
+
+
 edge_strings = st.sampled_from(["", " ", "a" * 65, "b" * 257, "c" * 513, "fake/echo", "null", "[]", "{", "a[0]",
                                 "\u0000", "\u202e", "😀" * 40, "input[0]", "openrouter:web_search"])
 long_strings = st.integers(0, 300_000).map(lambda n: "x" * n)
-strings = st.one_of(st.text(max_size=24), edge_strings, long_strings)
+strings = _weighted(st.one_of(st.text(max_size=24), edge_strings), long_strings, 10)
 huge_ints = st.sampled_from([2**31, -(2**31) - 1, 2**53 + 1, 2**63 - 1, 2**63, -(2**63) - 1, 2**64, 10**30])
 ints = st.one_of(st.integers(-3, 40), st.sampled_from([0, -1, 1, 15, 16, 20, 21, 64, 65, 256, 257]), huge_ints)
 edge_floats = st.sampled_from([0.0, -0.0, 1e-320, 2.0000001, -2.0000001, 1.0000001, 1e19, -1e19, 1.7e308, -1.7e308,
@@ -59,8 +68,8 @@ def nested(depth: int, leaf: Any = 1) -> Any:
 
 
 deep_values = st.integers(60, 400).map(nested)
-json_objects = st.one_of(st.dictionaries(st.text(max_size=8), json_values, max_size=5),
-                         deep_values.map(lambda v: {"deep": v}))
+json_objects = _weighted(st.dictionaries(st.text(max_size=8), json_values, max_size=5),
+                         deep_values.map(lambda v: {"deep": v}), 8)
 schema_like: Strategy = st.recursive(
     st.dictionaries(st.sampled_from(_SCHEMA_KEYS), st.one_of(scalars, st.sampled_from(_SCHEMA_URIS),
                                                              st.sampled_from(["object", "string", "x", "("])),
@@ -68,7 +77,7 @@ schema_like: Strategy = st.recursive(
     lambda inner: st.dictionaries(st.sampled_from(_SCHEMA_KEYS), st.one_of(inner, st.lists(inner, max_size=2)),
                                   max_size=3),
     max_leaves=8)
-wrong = st.one_of(json_values, deep_values)
+wrong = _weighted(json_values, deep_values, 8)
 
 
 # ---------------------------------------------------------------- from the descriptors
@@ -114,10 +123,11 @@ def _element(field: FieldDescriptor, depth: int) -> Strategy:
     elif kind in _FLOATS:
         base = floats
     elif kind == FieldDescriptor.TYPE_ENUM:
-        base = st.one_of(st.sampled_from(_enum_names(field)), st.text(max_size=6))
+        names = st.sampled_from(_enum_names(field))
+        base = _weighted(names, st.text(max_size=6), 5)
     else:
         base = strings
-    return st.one_of(base, base, base, base, base, base, base, base, base, wrong)
+    return _weighted(base, wrong, 10)
 
 
 def _value(field: FieldDescriptor, depth: int) -> Strategy:
@@ -203,6 +213,7 @@ def json_bodies(draw: st.DrawFn) -> dict[str, Any]:
     model = draw(st.sampled_from(_MODELS))
     if model is not None:
         body["model"] = model
+    _keep_servable(body)
     if "input" not in body or draw(st.integers(0, 2)) == 0:  # mostly a usable input, so later rules are reached
         body["input"] = draw(st.one_of(st.just("hi"), _simple_items, st.text(max_size=20), message(
             responses_service_pb2.Input.DESCRIPTOR, depth=4)))
@@ -211,6 +222,24 @@ def json_bodies(draw: st.DrawFn) -> dict[str, Any]:
 
 _simple_items = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "developer", "assistant"]),
                                                 "content": st.text(max_size=10)}), min_size=1, max_size=3)
+
+
+# Provider preferences that, when valid, may rule out every endpoint: a legitimate 503 (no provider meets the
+# routing requirements), not a bad request. Valid ones are dropped; invalid ones stay (they must be a 400).
+_EXCLUDING = ("only", "ignore", "quantizations", "zdr", "data_collection", "require_parameters", "max_price", "order",
+              "allow_fallbacks")
+
+
+def _keep_servable(body: dict[str, Any]) -> None:
+    provider = body.get("provider")
+    if not isinstance(provider, dict):
+        return
+    for key in [k for k in provider if k in _EXCLUDING]:
+        try:
+            validate(codec.decode({"provider": {key: provider[key]}}, responses_service_pb2.CreateResponseRequest))
+        except (codec.CodecError, ApiError):
+            continue
+        del provider[key]
 
 
 def _raw_variants(body: bytes, cut: int, junk: bytes) -> list[bytes]:
@@ -249,12 +278,11 @@ def _encode(body: Any) -> bytes:
         return json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
-bodies: st.SearchStrategy[bytes] = st.one_of(
-    json_bodies().map(_encode), json_bodies().map(_encode), json_bodies().map(_encode), json_bodies().map(_encode),
-    st.dictionaries(st.one_of(st.sampled_from([f.name for f in responses_service_pb2.CreateResponseRequest.DESCRIPTOR
-                                               .fields]), st.text(max_size=8)), wrong, max_size=6).map(_encode),
-    raw_bodies(),
-)
+_field_names = st.sampled_from([f.name for f in responses_service_pb2.CreateResponseRequest.DESCRIPTOR.fields])
+_loose_objects = st.dictionaries(st.one_of(_field_names, st.text(max_size=8)), wrong, max_size=6)
+# Mostly shaped bodies; one in 8 not JSON at all, one in 8 known keys with values of any type.
+bodies: st.SearchStrategy[bytes] = _weighted(_weighted(json_bodies().map(_encode), raw_bodies(), 8),
+                                             _loose_objects.map(_encode), 8)
 
 
 # ---------------------------------------------------------------- the check

@@ -13,6 +13,17 @@ def build(spec: ProviderConfig) -> Provider:
         assert spec.base_url is not None
         return OpenAIChatProvider(spec.name, base_url=spec.base_url, api_key=spec.api_key, headers=spec.headers,
                                   **spec.options)
+    if spec.kind == "openai-responses":
+        from service.providers.openai_responses import OpenAIResponsesProvider
+
+        assert spec.base_url is not None
+        return OpenAIResponsesProvider(spec.name, base_url=spec.base_url, api_key=spec.api_key,
+                                       headers=spec.headers, **spec.options)
+    if spec.kind == "anthropic":
+        from service.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(spec.name, api_key=spec.api_key, headers=spec.headers,
+                                 **({"base_url": spec.base_url} if spec.base_url else {}), **spec.options)
     if spec.kind == "llama-cpp":
         from service.providers.llama_cpp import LlamaCppProvider
 

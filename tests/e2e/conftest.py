@@ -26,10 +26,20 @@ def upstream() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, upstream: str, collector: Collector) -> Iterator[Stack]:
+def native_upstreams() -> Iterator[dict[str, str]]:
+    """Fake Anthropic Messages and native Responses upstreams."""
+    started = {kind: start_upstream(kind) for kind in ("anthropic", "openai_responses")}
+    yield {kind: url for kind, (_, url) in started.items()}
+    for process, _ in started.values():
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, upstream: str, collector: Collector,
+          native_upstreams: dict[str, str]) -> Iterator[Stack]:
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100",
            "OTEL_EXPORTER_OTLP_INSECURE": "true"}
-    stack = start_stack(Path(tmp_path_factory.mktemp("stack")), upstream, env=env)
+    stack = start_stack(Path(tmp_path_factory.mktemp("stack")), upstream, env=env, more_upstreams=native_upstreams)
     yield stack
     stack.stop()
 

@@ -75,9 +75,10 @@ class Process:
         return self.proc.returncode
 
 
-def start_upstream() -> tuple[Process, str]:
-    process = Process([sys.executable, "-m", "tests.fakes.openai_chat", "--host", "127.0.0.1", "--port", "0"],
-                      name="fake upstream")
+def start_upstream(kind: str = "openai_chat") -> tuple[Process, str]:
+    """A fake upstream: `openai_chat`, `openai_responses` or `anthropic` (modules in tests/fakes)."""
+    process = Process([sys.executable, "-m", f"tests.fakes.{kind}", "--host", "127.0.0.1", "--port", "0"],
+                      name=f"fake {kind} upstream")
     line = process.wait_for("LISTENING", timeout=30)
     return process, line.split()[1]
 
@@ -96,12 +97,18 @@ class Stack:
 
 
 def write_config(path: Path, upstream: str, *, envoy: bool = True, extra: dict[str, Any] | None = None,
-                 local_model: bool = True) -> dict[str, str]:
+                 local_model: bool = True, more_upstreams: dict[str, str] | None = None) -> dict[str, str]:
     ports = {"grpc": f"127.0.0.1:{free_port()}", "http": f"127.0.0.1:{free_port()}"}
     if envoy:
         ports |= {"envoy": f"127.0.0.1:{free_port()}", "envoy_admin": f"127.0.0.1:{free_port()}",
                   "envoy_grpc": f"127.0.0.1:{free_port()}"}
     providers: list[dict[str, Any]] = [{"name": "fake", "kind": "openai-chat", "base_url": f"{upstream}/v1"}]
+    for kind, url in (more_upstreams or {}).items():
+        if kind == "anthropic":
+            providers.append({"name": "anthropic", "kind": "anthropic", "base_url": url, "api_key": "sk-ant-test"})
+        else:
+            providers.append({"name": "responses", "kind": "openai-responses", "base_url": f"{url}/v1",
+                              "api_key": "sk-responses-test"})
     if local_model:
         providers.append({"name": "local", "kind": "llama-cpp", "n_threads": 2})
     config: dict[str, Any] = {
@@ -119,10 +126,12 @@ def write_config(path: Path, upstream: str, *, envoy: bool = True, extra: dict[s
 
 
 def start_stack(tmp: Path, upstream: str, *, env: dict[str, str] | None = None, envoy: bool = True,
-                extra: dict[str, Any] | None = None, local_model: bool = True) -> Stack:
+                extra: dict[str, Any] | None = None, local_model: bool = True,
+                more_upstreams: dict[str, str] | None = None) -> Stack:
     tmp.mkdir(parents=True, exist_ok=True)
     config_path = tmp / "switchboard.yaml"
-    ports = write_config(config_path, upstream, envoy=envoy, extra=extra, local_model=local_model)
+    ports = write_config(config_path, upstream, envoy=envoy, extra=extra, local_model=local_model,
+                         more_upstreams=more_upstreams)
     process = Process([sys.executable, "-m", "service.cli", "serve", "--config", str(config_path)],
                       env=env, name="switchboard serve")
     process.wait_for("switchboard: ready", timeout=120)
