@@ -27,6 +27,7 @@ TIMEOUT = 10.0
 def run(url: str, requests: int, random_seed: int | None, show: int) -> int:
     statuses: Counter[int] = Counter()
     codes: Counter[str] = Counter()
+    unusual: dict[int, tuple[bytes, bytes]] = {}  # the first reply of each status other than 200, 400 and 404
     problems: list[tuple[str, bytes]] = []
     hangs: list[bytes] = []
     latencies: list[float] = []
@@ -53,11 +54,13 @@ def run(url: str, requests: int, random_seed: int | None, show: int) -> int:
                 previous[0] = body
             latencies.append(time.monotonic() - begun)
             statuses[reply.status_code] += 1
-            found = fuzzing.problem(reply.status_code, reply.content)
+            found = fuzzing.problem(reply.status_code, reply.content, reply.headers)
             if found is not None:
                 problems.append((found, body))
             elif reply.status_code >= 400:
                 codes[str(reply.json()["error"]["code"])] += 1
+            if reply.status_code not in (200, 400, 404):
+                unusual.setdefault(reply.status_code, (body, reply.content))
             if len(latencies) % 1000 == 0:
                 print(f"  {len(latencies)} requests, {time.monotonic() - started:.0f} s", flush=True)
 
@@ -76,6 +79,8 @@ def run(url: str, requests: int, random_seed: int | None, show: int) -> int:
         print(f"latency: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
               f"max {latencies[-1] * 1000:.1f} ms")
     print("error codes: " + ", ".join(f"{code} {n}" for code, n in codes.most_common(20)))
+    for status, (body, content) in sorted(unusual.items()):
+        print(f"first {status}: {content[:300]!r}\n    for body {body[:300]!r}")
     kinds: Counter[str] = Counter(found.split(":")[0] for found, _ in problems)
     for kind, count in kinds.most_common():
         print(f"  {count} x {kind}")

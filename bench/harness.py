@@ -106,6 +106,10 @@ class Bench:
     envoy_grpc: str | None
     pids: dict[str, int] = field(default_factory=dict)
 
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the serve process's output (service, edge and Envoy's access log)."""
+        return self.log_path.read_text(errors="replace")[-chars:]
+
     def reset_upstream(self) -> None:
         """Empties the fake upstream's request log, so its growth (and GC cost) does not drift across paths."""
         for route in ("/_requests", "/_stats"):

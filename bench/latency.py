@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -202,16 +203,20 @@ async def concurrent(calls: list[Call], count: int) -> tuple[float, list[float]]
 
 async def measure(target: Target, bench: Bench, args: argparse.Namespace) -> Result:
     bench.reset_upstream()
-    calls = [await target.worker() for _ in range(args.concurrency)]
-    # Warm-up: opens every pooled connection along the path (Envoy -> edge, service -> upstream) and lets the
-    # servers' caches and allocators settle.
-    await concurrent(calls, args.warmup)
-    await sequential(calls[0], args.warmup // 4)
+    # Warm-up at concurrency: opens every pooled connection along the path (Envoy -> edge, service -> upstream)
+    # and lets the servers' caches and allocators settle.
+    await concurrent([await target.worker() for _ in range(args.concurrency)], args.warmup)
     result = Result(target.name)
+    call = await target.worker()
+    await sequential(call, args.warmup // 4)
     with CpuMeter(bench.pids) as seq_meter:
-        ms = [1000 * x for x in await sequential(calls[0], args.requests)]
+        ms = [1000 * x for x in await sequential(call, args.requests)]
     result.seq_cpu_ms = seq_meter.per_request_ms(args.requests)
     result.p50, result.p99, result.mean = percentile(ms, 50), percentile(ms, 99), sum(ms) / len(ms)
+    # Fresh connections for the concurrent phase: servers close keep-alive connections left idle for a few
+    # seconds (uvicorn: 5 s), as the warm-up ones were during the sequential phase.
+    calls = [await target.worker() for _ in range(args.concurrency)]
+    await concurrent(calls, args.concurrency * 4)
     with CpuMeter(bench.pids) as meter:
         wall, latencies = await concurrent(calls, args.throughput_requests)
     load = [1000 * x for x in latencies]
@@ -272,6 +277,9 @@ async def run(args: argparse.Namespace) -> None:
             r = results[-1]
             print(f"  {r.path}: p50 {r.p50:.2f} ms, p99 {r.p99:.2f} ms, {r.rps:.0f} req/s", flush=True)
         report(results, args, args.client)
+    except BaseException:
+        print(f"--- end of the switchboard serve output:\n{bench.log_tail()}", file=sys.stderr)
+        raise
     finally:
         bench.stop()
 

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -260,17 +261,19 @@ async def measure_short(path: Path, args: argparse.Namespace, result: Result) ->
 
 async def measure(path: Path, bench: Bench, args: argparse.Namespace) -> Result:
     bench.reset_upstream()
-    streams = [await path.open() for _ in range(max(1, args.concurrency))]
+    first = await path.open()
     for _ in range(args.warmup):
-        await streams[0]()
+        await first()
     result = Result(path.name)
     with CpuMeter(bench.pids) as seq_meter:
         for _ in range(args.streams):
-            result.samples.append(await streams[0]())
+            result.samples.append(await first())
     seq_total = sum(s.deltas for s in result.samples)
     result.seq_cpu_per_k = {k: 1000 * v * 1000 / seq_total for k, v in seq_meter.used.items()}
     result.other[0] = seq_meter.other_share()
     if args.concurrency > 1:
+        # Fresh connections: servers close keep-alive connections left idle for a few seconds (uvicorn: 5 s).
+        streams = [await path.open() for _ in range(args.concurrency)]
         count = args.concurrent_streams
         remaining = count
         total = 0
@@ -362,6 +365,9 @@ async def run(args: argparse.Namespace) -> None:
                   + (f", {r.aggregate:.0f} deltas/s at concurrency {args.concurrency}" if r.aggregate else ""),
                   flush=True)
         report(results, args)
+    except BaseException:
+        print(f"--- end of the switchboard serve output:\n{bench.log_tail()}", file=sys.stderr)
+        raise
     finally:
         bench.stop()
 

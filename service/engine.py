@@ -19,6 +19,7 @@ from service.providers.base import (
     Delta,
     Finish,
     ReasoningDelta,
+    ReasoningOpaqueDelta,
     ReasoningSummaryDelta,
     RefusalDelta,
     TextDelta,
@@ -50,8 +51,10 @@ class EngineOptions:
     max_tool_calls: int | None = None
     parallel_tool_calls: bool = True
     logprobs: bool = False
-    # Encrypts a reasoning item's text (include=reasoning.encrypted_content).
+    # Encrypts a reasoning item's text and upstream proof into `encrypted_content`.
     seal_reasoning: Callable[[bytes], str] | None = None
+    # The client asked for include=reasoning.encrypted_content.
+    include_encrypted: bool = False
     # USD per million input and output tokens.
     prices: tuple[float, float] | None = None
 
@@ -73,6 +76,7 @@ class _Open:
     part_index: int = -1
     text: list[str] = field(default_factory=list)
     logprobs: list[content_pb2.LogProb] = field(default_factory=list)
+    opaque: str | None = None
 
 
 class TurnEngine:
@@ -136,6 +140,16 @@ class TurnEngine:
             return self._content("reasoning", "reasoning_text", delta.text)
         if isinstance(delta, ReasoningSummaryDelta):
             return self._content("reasoning", "summary_text", delta.text)
+        if isinstance(delta, ReasoningOpaqueDelta):
+            current = self._current
+            if current is None or current.kind != "reasoning":
+                events = self._close_current(COMPLETED) + self._open_item("reasoning")
+                current = self._current
+                assert current is not None
+            else:
+                events = []
+            current.opaque = delta.data
+            return events + self._close_current(COMPLETED)
         if isinstance(delta, ToolCallDelta):
             return self._tool_call(delta)
         if isinstance(delta, UsageDelta):
@@ -280,10 +294,13 @@ class TurnEngine:
         kind = item.WhichOneof("item")
         sub = getattr(item, str(kind))
         sub.status = status
-        if kind == "reasoning" and self.options.seal_reasoning is not None:
+        # Sealed when the client asked for it, and always when the upstream's proof must survive the next turn.
+        if kind == "reasoning" and self.options.seal_reasoning is not None and (
+                opened.opaque is not None or self.options.include_encrypted):
             sub.encrypted_content = self.options.seal_reasoning(orjson.dumps({
                 "content": [p.reasoning_text.text for p in sub.content if p.HasField("reasoning_text")],
                 "summary": [p.summary_text.text for p in sub.summary if p.HasField("summary_text")],
+                "upstream": opened.opaque,
             }))
         if kind == "function_call":
             arguments = "".join(opened.text)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,23 @@ def render_config(template: str, addrs: EnvoyAddresses) -> str:
     else:
         _set_endpoints(_by_name(clusters, "otel_collector", "cluster"), [addrs.otel_collector])
     return yaml.dump(doc, Dumper=_NoAliasDumper, sort_keys=False)
+
+
+def otlp_grpc_address(endpoint: str) -> Address | None:
+    """The HOST:PORT of an OTLP/gRPC endpoint as the OTEL_EXPORTER_OTLP_*ENDPOINT variables write it
+    (`http://collector:4317`, `collector:4317`). None for `https://`: Envoy's `otel_collector` cluster is
+    plaintext h2c, so a TLS collector needs `server.envoy_otlp` pointing at a plaintext port (or a TLS cluster)."""
+    text = endpoint.strip()
+    if not text:
+        return None
+    parsed = urllib.parse.urlsplit(text if "://" in text else f"http://{text}")
+    if parsed.scheme not in ("http", "grpc") or not parsed.hostname:
+        return None
+    try:
+        port = parsed.port or 4317
+    except ValueError:
+        return None
+    return parsed.hostname, port
 
 
 def find_envoy() -> str:

@@ -34,6 +34,7 @@ import grpc
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from service.auth import key_id
 from service.config import ConfigError
 from service.errors import ApiError
 
@@ -52,9 +53,18 @@ class RateLimitConfig:
     redis_url: str | None = None
     # key -> (requests per minute, tokens per minute), already merged with the defaults; None is no limit.
     per_key: dict[str, Limits] = field(default_factory=dict)
+    # The same overrides by owner id (service.auth.key_id of the API key), which is what the servicer limits by.
+    _by_owner: dict[str, Limits] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_owner", {key_id(key): limits for key, limits in self.per_key.items()})
 
     def limits(self, key: str) -> Limits:
-        return self.per_key.get(key, (self.requests_per_minute, self.tokens_per_minute))
+        """The limits of an API key, or of the owner id the servicer derives from it."""
+        found = self.per_key.get(key)
+        if found is None:
+            found = self._by_owner.get(key)
+        return found if found is not None else (self.requests_per_minute, self.tokens_per_minute)
 
     @property
     def enabled(self) -> bool:

@@ -196,6 +196,10 @@ def _for_upstream(item: items_pb2.Item, param: str, sealer: Sealer | None) -> it
                                         f"{param}.encrypted_content"))
         restored = items_pb2.Item()
         restored.CopyFrom(item)
+        # The upstream gets back its own proof (or nothing), never our sealed envelope.
+        restored.reasoning.encrypted_content = data.get("upstream") or ""
+        if not restored.reasoning.encrypted_content:
+            restored.reasoning.ClearField("encrypted_content")
         if not restored.reasoning.content:
             restored.reasoning.content.extend(
                 content_pb2.ContentPart(reasoning_text=content_pb2.ReasoningTextContent(text=text))
@@ -281,7 +285,7 @@ def prepare(request: Request, config: Config, *, stream: bool, timeout: float | 
     store = request.store if request.HasField("store") else store_default
     include = set(request.include)
     seal = None
-    if sealer is not None and responses_service_pb2.INCLUDE_REASONING_ENCRYPTED_CONTENT in include:
+    if sealer is not None:
         def seal(data: bytes) -> str:
             return sealer.seal(data, REASONING_PURPOSE)
     options = EngineOptions(
@@ -291,6 +295,7 @@ def prepare(request: Request, config: Config, *, stream: bool, timeout: float | 
         parallel_tool_calls=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True,
         logprobs=responses_service_pb2.INCLUDE_MESSAGE_OUTPUT_TEXT_LOGPROBS in include,
         seal_reasoning=seal,
+        include_encrypted=responses_service_pb2.INCLUDE_REASONING_ENCRYPTED_CONTENT in include,
         prices=config.prices.get(model),
     )
     return Prepared(turn=turn, response=initial_response(request, model, store), model=model,

@@ -12,6 +12,7 @@ The model is always absent, ``fake/echo`` or a malformed name, so no fake upstre
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -288,12 +289,15 @@ bodies: st.SearchStrategy[bytes] = _weighted(_weighted(json_bodies().map(_encode
 # ---------------------------------------------------------------- the check
 
 
-def problem(status: int, body: bytes) -> str | None:
-    """What is wrong with a reply to a bad request, or None: no 5xx, and every 4xx carries the error JSON."""
+def problem(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> str | None:
+    """What is wrong with a reply to a bad request, or None: no 5xx, every 4xx carries the error JSON, and a 429
+    says when to retry (a 429 without Retry-After is an internal failure dressed as a rate limit)."""
     if status >= 500:
         return f"status {status}: {body[:300]!r}"
     if status < 400:
         return None
+    if status == 429 and headers is not None and "retry-after" not in headers:
+        return f"status 429 without Retry-After: {body[:300]!r}"
     try:
         error = orjson.loads(body)["error"]
     except (orjson.JSONDecodeError, KeyError, TypeError):

@@ -28,7 +28,7 @@ from service.providers.anthropic_translate import (
     status_error,
     stream_error,
 )
-from service.providers.base import Delta, ReasoningDelta, TextDelta, ToolCallDelta, Turn
+from service.providers.base import Delta, ReasoningDelta, ReasoningOpaqueDelta, TextDelta, ToolCallDelta, Turn
 from service.providers.chat_translate import interrupted, protocol_error
 
 _DRAIN_SECONDS = 1.0
@@ -177,7 +177,11 @@ class MessageStream:
                 if fragment:
                     self._pending.pop(ordinal, None)
                     return [ToolCallDelta(ordinal, arguments=fragment)]
-            # signature_delta and citations_delta have no delta type yet (see the module docs).
+            elif dtype == "signature_delta":
+                signature = delta.get("signature")
+                if signature:
+                    return [ReasoningOpaqueDelta(signature)]
+            # citations_delta: citations are not relayed.
             return []
         if kind == "content_block_start":
             block = event.get("content_block") or {}
@@ -191,7 +195,11 @@ class MessageStream:
             if btype == "text" and block.get("text"):
                 self._text = True
                 return [TextDelta(block["text"])]
-            return [ReasoningDelta(block["thinking"])] if btype == "thinking" and block.get("thinking") else []
+            if btype == "thinking":
+                out: list[Delta] = [ReasoningDelta(block["thinking"])] if block.get("thinking") else []
+                # A complete block (non-streaming) carries its signature at once.
+                return out + ([ReasoningOpaqueDelta(block["signature"])] if block.get("signature") else [])
+            return []
         if kind == "content_block_stop":
             ordinal = self._blocks.get(event.get("index", -1))
             if ordinal is not None and ordinal in self._pending:

@@ -2,10 +2,9 @@
 
 Plain dicts in and out, no I/O: the HTTP side lives in :mod:`service.providers.anthropic`.
 
-Thinking signatures: a reasoning item sent back with ``encrypted_content`` becomes a signed ``thinking``
-block. The provider contract has no delta that carries a signature out yet, so signatures that arrive
-(``signature_delta``, a thinking block's ``signature``) are not relayed, and ``redacted_thinking`` blocks
-(opaque ``data`` only) are skipped.
+Thinking signatures: a thinking block's signature comes out as a ``ReasoningOpaqueDelta`` (the gateway seals it
+into the reasoning item's ``encrypted_content``); a reasoning item sent back with the signature restored becomes a
+signed ``thinking`` block. ``redacted_thinking`` blocks (opaque ``data`` only) are skipped.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from service.providers.base import (
     Finish,
     FinishReason,
     ReasoningDelta,
+    ReasoningOpaqueDelta,
     RefusalDelta,
     TextDelta,
     ToolCallDelta,
@@ -361,6 +361,8 @@ def parse_message(data: Any) -> list[Delta]:
             deltas.append(TextDelta(block["text"]))
         elif kind == "thinking" and block.get("thinking"):
             deltas.append(ReasoningDelta(block["thinking"]))
+            if block.get("signature"):
+                deltas.append(ReasoningOpaqueDelta(block["signature"]))
         elif kind == "tool_use":
             args = orjson.dumps(block.get("input") or {}).decode()
             deltas.append(ToolCallDelta(calls, block.get("id"), block.get("name"), args))

@@ -46,6 +46,14 @@ class ReasoningSummaryDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningOpaqueDelta:
+    """The upstream's opaque proof of a reasoning block (an Anthropic thinking signature, a Responses
+    `encrypted_content`). It ends that reasoning item; it travels sealed inside our `encrypted_content`."""
+
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallDelta:
     """A fragment of a tool call. ``index`` groups the fragments of one call."""
 
@@ -68,7 +76,8 @@ class Finish:
     reason: FinishReason
 
 
-Delta = TextDelta | RefusalDelta | ReasoningDelta | ReasoningSummaryDelta | ToolCallDelta | UsageDelta | Finish
+Delta = (TextDelta | RefusalDelta | ReasoningDelta | ReasoningSummaryDelta | ReasoningOpaqueDelta | ToolCallDelta
+         | UsageDelta | Finish)
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ from service.providers.base import (
     Finish,
     FinishReason,
     ReasoningDelta,
+    ReasoningOpaqueDelta,
     ReasoningSummaryDelta,
     RefusalDelta,
     TextDelta,
@@ -303,6 +304,8 @@ def item_deltas(item: Any, call_index: int) -> list[Delta]:
         summary = "\n\n".join(p.get("text") or "" for p in item.get("summary") or ())
         if summary:
             deltas.append(ReasoningSummaryDelta(summary))
+        if item.get("encrypted_content"):
+            deltas.append(ReasoningOpaqueDelta(item["encrypted_content"]))
     # Hosted-tool items (web_search_call, ...) cannot come back: Switchboard never sends hosted tools.
     return deltas
 
@@ -371,10 +374,13 @@ class EventStream:
             return []
         if kind == "response.output_item.done":
             index = event.get("output_index", -1)
+            item = event.get("item")
             if index in self._streamed:
+                # A streamed reasoning item's proof comes only with the finished item.
+                if isinstance(item, dict) and item.get("type") == "reasoning" and item.get("encrypted_content"):
+                    return [ReasoningOpaqueDelta(item["encrypted_content"])]
                 return []
             # Some servers send whole items without deltas: relay the finished item instead.
-            item = event.get("item")
             if isinstance(item, dict) and item.get("type") == "function_call":
                 return item_deltas(item, self._call(index))
             return item_deltas(item, -1)

@@ -22,8 +22,10 @@ def build(spec: ProviderConfig) -> Provider:
     if spec.kind == "anthropic":
         from service.providers.anthropic import AnthropicProvider
 
-        return AnthropicProvider(spec.name, api_key=spec.api_key, headers=spec.headers,
-                                 **({"base_url": spec.base_url} if spec.base_url else {}), **spec.options)
+        if spec.base_url:
+            return AnthropicProvider(spec.name, base_url=spec.base_url, api_key=spec.api_key,
+                                     headers=spec.headers, **spec.options)
+        return AnthropicProvider(spec.name, api_key=spec.api_key, headers=spec.headers, **spec.options)
     if spec.kind == "llama-cpp":
         from service.providers.llama_cpp import LlamaCppProvider
 

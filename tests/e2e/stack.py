@@ -97,7 +97,9 @@ class Stack:
 
 
 def write_config(path: Path, upstream: str, *, envoy: bool = True, extra: dict[str, Any] | None = None,
-                 local_model: bool = True, more_upstreams: dict[str, str] | None = None) -> dict[str, str]:
+                 local_model: bool = True, more_upstreams: dict[str, str] | None = None,
+                 server: dict[str, Any] | None = None) -> dict[str, str]:
+    """`extra` replaces top-level keys; `server` adds keys to the generated `server` mapping."""
     ports = {"grpc": f"127.0.0.1:{free_port()}", "http": f"127.0.0.1:{free_port()}"}
     if envoy:
         ports |= {"envoy": f"127.0.0.1:{free_port()}", "envoy_admin": f"127.0.0.1:{free_port()}",
@@ -112,7 +114,7 @@ def write_config(path: Path, upstream: str, *, envoy: bool = True, extra: dict[s
     if local_model:
         providers.append({"name": "local", "kind": "llama-cpp", "n_threads": 2})
     config: dict[str, Any] = {
-        "server": {**ports, "grace": 5},
+        "server": {**ports, "grace": 5, **(server or {})},
         "auth": {"api_keys": [API_KEY]},
         "store": f"sqlite:///{path.parent / 'switchboard.db'}",
         "providers": providers,
@@ -127,11 +129,11 @@ def write_config(path: Path, upstream: str, *, envoy: bool = True, extra: dict[s
 
 def start_stack(tmp: Path, upstream: str, *, env: dict[str, str] | None = None, envoy: bool = True,
                 extra: dict[str, Any] | None = None, local_model: bool = True,
-                more_upstreams: dict[str, str] | None = None) -> Stack:
+                more_upstreams: dict[str, str] | None = None, server: dict[str, Any] | None = None) -> Stack:
     tmp.mkdir(parents=True, exist_ok=True)
     config_path = tmp / "switchboard.yaml"
     ports = write_config(config_path, upstream, envoy=envoy, extra=extra, local_model=local_model,
-                         more_upstreams=more_upstreams)
+                         more_upstreams=more_upstreams, server=server)
     process = Process([sys.executable, "-m", "service.cli", "serve", "--config", str(config_path)],
                       env=env, name="switchboard serve")
     process.wait_for("switchboard: ready", timeout=120)

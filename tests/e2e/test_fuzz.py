@@ -35,7 +35,7 @@ def test_fuzz_the_edge(stack: Stack) -> None:
                 raise AssertionError(f"hang (> {TIMEOUT:g} s) on {body[:500]!r}") from None
             slowest = max(slowest, time.monotonic() - begun)
             statuses[reply.status_code] += 1
-            found = fuzzing.problem(reply.status_code, reply.content)
+            found = fuzzing.problem(reply.status_code, reply.content, reply.headers)
             assert found is None, f"{found}\nrequest body: {body[:1000]!r}"
 
         send()

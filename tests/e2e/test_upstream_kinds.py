@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -66,3 +67,32 @@ def test_upstream_failures_map_to_statuses(http: httpx.Client, provider: str) ->
     assert http.post("/v1/responses", json={"model": f"{provider}/fail-500", "input": "x"}).status_code == 502
     limited = http.post("/v1/responses", json={"model": f"{provider}/fail-429", "input": "x"})
     assert limited.status_code == 429 and limited.json()["error"]["type"] == "rate_limit_error"
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "responses"])
+def test_upstream_reasoning_proof_survives_a_stateless_turn(http: httpx.Client, native_upstreams: dict[str, str],
+                                                            provider: str) -> None:
+    """Anthropic's thinking signature / a Responses upstream's encrypted_content travels sealed inside our
+    encrypted_content and reaches the upstream again, unchanged, on the next turn."""
+    first = http.post("/v1/responses", json={"model": f"{provider}/reasoning", "input": "think", "store": False,
+                                              "include": ["reasoning.encrypted_content"],
+                                              "reasoning": {"effort": "low"}}).json()
+    reasoning = [item for item in first["output"] if item["type"] == "reasoning"]
+    assert reasoning and reasoning[0]["encrypted_content"]
+    marker = f"proof-{provider}-{time.monotonic_ns()}"
+    follow = http.post("/v1/responses", json={"model": f"{provider}/echo", "store": False,
+                                               "reasoning": {"effort": "low"}, "input": [
+                                                   {"role": "user", "content": "think"}, *first["output"],
+                                                   {"role": "user", "content": marker}]})
+    assert follow.status_code == 200, follow.text
+    url = native_upstreams["anthropic" if provider == "anthropic" else "openai_responses"]
+    sent = [r for r in httpx.get(f"{url}/_requests").json() if marker in json.dumps(r)][-1]
+    text = json.dumps(sent)
+    assert reasoning[0]["encrypted_content"] not in text, "our sealed envelope never reaches the upstream"
+    if provider == "anthropic":
+        blocks = [b for m in sent["body"]["messages"] for b in (m["content"] if isinstance(m["content"], list)
+                                                                 else []) if b.get("type") == "thinking"]
+        assert blocks and blocks[0]["signature"]
+    else:
+        items = [i for i in sent["body"]["input"] if i.get("type") == "reasoning"]
+        assert items and items[0]["encrypted_content"].startswith("gAAAA")

@@ -28,6 +28,7 @@ from service.providers.base import (
     Delta,
     Finish,
     ReasoningDelta,
+    ReasoningOpaqueDelta,
     RefusalDelta,
     TextDelta,
     ToolCallDelta,
@@ -513,7 +514,8 @@ FOLD_CASES: list[tuple[str, list[dict[str, Any]], list[Delta]]] = [
         *_block(3, {"type": "tool_use", "id": "t2", "name": "g", "input": {}}),
         *_block(4, {"type": "tool_use", "id": "t3", "name": "h", "input": {"a": 1}}),
         {"type": "some_future_event"}, *_end("tool_use")],
-     [ReasoningDelta("t"), TextDelta("a"), ToolCallDelta(0, "t1", "f"), ToolCallDelta(0, arguments="{}"),
+     [ReasoningDelta("t"), ReasoningOpaqueDelta("s"), TextDelta("a"), ToolCallDelta(0, "t1", "f"),
+      ToolCallDelta(0, arguments="{}"),
       ToolCallDelta(1, "t2", "g"), ToolCallDelta(1, arguments="{}"), ToolCallDelta(2, "t3", "h"),
       ToolCallDelta(2, arguments='{"a":1}'), USAGE, Finish("tool_calls")]),
     ("refusal after text", [START, *_block(0, {"type": "text", "text": "I"}), *_end("refusal")],
@@ -551,8 +553,8 @@ def test_parse_message() -> None:
                         {"type": "text", "text": "a"},
                         {"type": "tool_use", "id": "t1", "name": "f", "input": {"x": 1}}],
             "stop_reason": "tool_use", "usage": usage}
-    assert parse_message(data) == [ReasoningDelta("t"), TextDelta("a"), ToolCallDelta(0, "t1", "f", '{"x":1}'),
-                                   USAGE, Finish("tool_calls")]
+    assert parse_message(data) == [ReasoningDelta("t"), ReasoningOpaqueDelta("s"), TextDelta("a"),
+                                   ToolCallDelta(0, "t1", "f", '{"x":1}'), USAGE, Finish("tool_calls")]
 
 
 @pytest.mark.parametrize(("status", "body", "code", "retryable", "grpc_status"), [
