@@ -10,13 +10,18 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
+import grpc
+
 from service.engine import Event, TurnEngine
 from service.errors import ApiError, internal
-from service.store import Job, Store
-from service.turns import TurnRunner
+from service.store import Job, Store, StoredResponse
+from service.turns import Started, TurnRunner
 from switchboard.responses.v1 import response_pb2, responses_service_pb2
 
 log = logging.getLogger(__name__)
+# A re-claimed job whose previous worker died after streaming part of the response.
+LOST_WORKER = ApiError(grpc.StatusCode.UNAVAILABLE, "server_error",
+                       "The worker running this response stopped before it finished; it was not retried.")
 Request = responses_service_pb2.CreateResponseRequest
 _TERMINAL_EVENTS = {"response_completed", "response_failed", "response_incomplete"}
 TERMINAL_STATUSES = {response_pb2.RESPONSE_STATUS_COMPLETED, response_pb2.RESPONSE_STATUS_FAILED,
@@ -88,18 +93,32 @@ class BackgroundWorker:
 
     async def _run(self, job: Job) -> None:
         stored = await self._store.get_response(job.owner, job.response_id)
-        if stored is None or stored.response.status in TERMINAL_STATUSES:
+        if stored is None:
             await self._store.finish_job(job.id, job.worker_id)
             return
+        if stored.response.status in TERMINAL_STATUSES:
+            # A worker that died after saving the response may not have persisted its terminal event.
+            await self._persist_terminal(job.response_id, stored.response)
+            await self._store.finish_job(job.id, job.worker_id)
+            return
+        last = await self._last_sequence(job.response_id)
+        if job.attempts > 1 and last > 1:
+            # The worker that had the job died mid-stream: a run now would mix two runs in the persisted stream
+            # (other item ids, reused sequence numbers), so the response fails instead.
+            await self._end(job, stored.response, LOST_WORKER, first_sequence=last + 1)
+            return
+        # Claimed: the response is in progress from now on, even while the upstream has not answered yet, so a
+        # cancel request goes through the worker (which stops the upstream call) rather than racing with it.
+        running = response_pb2.Response()
+        running.CopyFrom(stored.response)
+        running.status = response_pb2.RESPONSE_STATUS_IN_PROGRESS
+        await self._store.update_status(job.owner, job.response_id, running)
         cancel = asyncio.Event()
         lost = asyncio.Event()
         watcher = asyncio.create_task(self._watch(job, cancel, lost))
         try:
-            try:
-                started = await self._runner.start(stored.request, owner=job.owner, stream=True, timeout=None,
-                                                   resumed=stored.response)
-            except ApiError as error:
-                await self._end_without_start(job, stored.response, error)
+            started = await self._start(job, stored, cancel, lost)
+            if started is None:
                 return
             running = started.engine.response
             await self._store.update_status(job.owner, job.response_id, running)
@@ -120,8 +139,65 @@ class BackgroundWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
-    async def _end_without_start(self, job: Job, response: response_pb2.Response, error: ApiError) -> None:
-        engine = TurnEngine(response, first_sequence=2)
+    async def _start(self, job: Job, stored: StoredResponse, cancel: asyncio.Event,
+                     lost: asyncio.Event) -> Started | None:
+        """Starts the upstream call, unless the response is cancelled (or the job lost) first: a cancel stops a
+        slow start too. None when the job ended without a start: cancelled, lost, or failed to start."""
+        starting = asyncio.create_task(self._runner.start(stored.request, owner=job.owner, stream=True,
+                                                          timeout=None, resumed=stored.response))
+        stopping = [asyncio.create_task(cancel.wait()), asyncio.create_task(lost.wait())]
+        try:
+            await asyncio.wait({starting, *stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in stopping:
+                task.cancel()
+            if not starting.done():
+                starting.cancel()
+            await asyncio.gather(starting, *stopping, return_exceptions=True)
+        if cancel.is_set() or lost.is_set():
+            if not starting.cancelled() and starting.exception() is None:
+                await starting.result().deltas.aclose()
+            if not lost.is_set():
+                await self._end_cancelled(job, stored.response)
+            return None
+        try:
+            return starting.result()
+        except ApiError as error:
+            await self._end(job, stored.response, error, first_sequence=2)
+            return None
+
+    async def _end_cancelled(self, job: Job, response: response_pb2.Response) -> None:
+        current = await self._store.get_response(job.owner, job.response_id)
+        if current is not None and current.response.status in TERMINAL_STATUSES:
+            # Cancelled while still queued, by the cancel call itself.
+            await self._persist_terminal(job.response_id, current.response)
+        elif current is not None:
+            engine = TurnEngine(response, first_sequence=await self._last_sequence(job.response_id) + 1)
+            events = engine.cancel()
+            await self._store.update_status(job.owner, job.response_id, engine.response)
+            await self._store.append_events(job.response_id, events)
+        await self._store.finish_job(job.id, job.worker_id)
+
+    async def _last_sequence(self, response_id: str) -> int:
+        events = await self._store.events_after(response_id, -1)
+        return events[-1].sequence_number if events else -1
+
+    async def _persist_terminal(self, response_id: str, response: response_pb2.Response) -> None:
+        """Appends the terminal event of a terminal response when its persisted stream lacks one."""
+        events = await self._store.events_after(response_id, -1)
+        if events and events[-1].WhichOneof("event") in _TERMINAL_EVENTS:
+            return
+        snapshot = response_pb2.Response()
+        snapshot.CopyFrom(response)
+        event = Event(sequence_number=events[-1].sequence_number + 1 if events else 0)
+        arm = "response_incomplete" if response.status == response_pb2.RESPONSE_STATUS_INCOMPLETE else (
+            "response_completed" if response.status == response_pb2.RESPONSE_STATUS_COMPLETED else "response_failed")
+        getattr(event, arm).response.CopyFrom(snapshot)
+        await self._store.append_events(response_id, [event])
+
+    async def _end(self, job: Job, response: response_pb2.Response, error: ApiError, *, first_sequence: int) -> None:
+        """Fails the response with ``error``: an ``error`` event and ``response.failed`` end its stream."""
+        engine = TurnEngine(response, first_sequence=first_sequence)
         events = engine.fail(error)
         await self._store.update_status(job.owner, job.response_id, engine.response)
         await self._store.append_events(job.response_id, events)
@@ -130,12 +206,12 @@ class BackgroundWorker:
     async def _watch(self, job: Job, cancel: asyncio.Event, lost: asyncio.Event) -> None:
         """Keeps the lease alive and notices a cancel request."""
         while True:
-            await asyncio.sleep(min(0.2, self._lease / 3))
             if await self._store.cancel_requested(job.response_id):
                 cancel.set()
+            await asyncio.sleep(min(0.2, self._lease / 3))
             if not await self._store.heartbeat(job.id, job.worker_id, self._lease):
+                # Another worker holds the job now: stop without writing (a cancel would save the response).
                 lost.set()
-                cancel.set()
                 return
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from service.errors import ApiError
+from service.errors import ApiError, UpstreamError
 from service.providers.base import (
     Delta,
     Finish,
@@ -303,6 +303,11 @@ class TurnEngine:
                 "upstream": opened.opaque,
             }))
         if kind == "function_call":
+            if not opened.text:
+                # A call without arguments still gets "{}", and its deltas must add up to it.
+                opened.text.append("{}")
+                events.append(self._event(function_call_arguments_delta=events_pb2.FunctionCallArgumentsDeltaEvent(
+                    item_id=sub.id, output_index=opened.index, delta="{}")))
             arguments = "".join(opened.text)
             sub.arguments = arguments
             events.append(self._event(function_call_arguments_done=events_pb2.FunctionCallArgumentsDoneEvent(
@@ -387,10 +392,26 @@ class TurnEngine:
                 texts += [p.output_text.text for p in item.message.content.parts.parts if p.HasField("output_text")]
         return "".join(texts)
 
+    def _invalid_arguments(self) -> str | None:
+        """The name of a function call whose arguments are not JSON (a broken upstream), if any."""
+        for opened in self._calls.values():
+            arguments = "".join(opened.text)
+            try:
+                orjson.loads(arguments or "{}")
+            except orjson.JSONDecodeError:
+                return self._item(opened.index).function_call.name or "?"
+        return None
+
     def finish(self) -> list[Event]:
         """Closes open items and emits the terminal event, from the provider's finish reason."""
         reason = self._finish
-        incomplete = {"length": "max_output_tokens", "content_filter": "content_filter"}.get(reason or "")
+        if reason in (None, "stop", "tool_calls"):
+            broken = self._invalid_arguments()
+            if broken is not None:
+                return self.fail(UpstreamError(f"The upstream returned arguments for {broken!r} that are not JSON.",
+                                               code="upstream_invalid_tool_arguments", retryable=False))
+        incomplete = {"length": "max_output_tokens", "content_filter": "content_filter",
+                      "unknown": "upstream_finish_reason"}.get(reason or "")
         events = self._close_all(INCOMPLETE if incomplete else COMPLETED)
         self._set_usage()
         self.response.output_text = self._output_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from opentelemetry import metrics
@@ -52,8 +53,13 @@ _provider: MeterProvider | None = None
 
 
 def setup(service_name: str, *, prometheus: tuple[str, int] | None, otlp: bool) -> Metrics:
-    """Installs the meter provider once per process; instruments are no-ops when nothing exports."""
+    """Installs the meter provider once per process; instruments are no-ops when nothing exports.
+
+    OTLP export follows the standard variables (OTEL_EXPORTER_OTLP_*ENDPOINT, OTEL_METRIC_EXPORT_INTERVAL);
+    OTEL_METRICS_EXPORTER=none keeps traces on OTLP and metrics on the Prometheus endpoint only."""
     global _provider
+    if _provider is not None:
+        return Metrics.from_meter(metrics.get_meter("switchboard"))
     readers: list[MetricReader] = []
     if prometheus is not None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -62,11 +68,11 @@ def setup(service_name: str, *, prometheus: tuple[str, int] | None, otlp: bool) 
         host, port = prometheus
         start_http_server(port, addr=host)
         readers.append(PrometheusMetricReader())
-    if otlp:
+    if otlp and os.environ.get("OTEL_METRICS_EXPORTER", "otlp").strip().lower() != "none":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
-    if readers and _provider is None:
+    if readers:
         views = [
             View(instrument_name="switchboard.request.duration",
                  aggregation=ExplicitBucketHistogramAggregation(_LATENCY_BUCKETS)),

@@ -11,6 +11,7 @@ The model is always absent, ``fake/echo`` or a malformed name, so no fake upstre
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +24,7 @@ from edge import codec
 from service.errors import ApiError
 from service.validation import validate
 from switchboard.responses.v1 import json_pb2, responses_service_pb2
+from tests.service.test_validation import CASES
 
 Strategy = st.SearchStrategy[Any]
 ERROR_KEYS = {"message", "type", "param", "code"}
@@ -218,7 +220,36 @@ def json_bodies(draw: st.DrawFn) -> dict[str, Any]:
     if "input" not in body or draw(st.integers(0, 2)) == 0:  # mostly a usable input, so later rules are reached
         body["input"] = draw(st.one_of(st.just("hi"), _simple_items, st.text(max_size=20), message(
             responses_service_pb2.Input.DESCRIPTOR, depth=4)))
+    how = draw(st.sampled_from(["as generated", "wrong type", "broken rule", "broken rule"]))
+    if how == "wrong type":  # one top-level field of a JSON type it can never take: the codec's 400
+        name, value = draw(_wrong_types)
+        body[name] = value
+    elif how == "broken rule":  # a row of the validation table on top: the validator's 400
+        body.update(copy.deepcopy(draw(_rules).body))
     return body
+
+
+def _wrong_values(field: FieldDescriptor) -> list[Any]:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        return ["x", 7, [1]]
+    if field.is_repeated:
+        return [{"a": 1}, "x", 7]
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return [7, True, 1.5]
+    if field.type == FieldDescriptor.TYPE_STRING:
+        return [7, True, {}, []]
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return ["yes", 1, {}]
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return ["no-such-value", 5, {}]
+    if field.type in _INTS:
+        return ["1", 1.5, {}, True]
+    return ["x", {}, True]
+
+
+_wrong_types = st.sampled_from([(f.name, v) for f in responses_service_pb2.CreateResponseRequest.DESCRIPTOR.fields
+                                for v in _wrong_values(f)])
+_rules = st.sampled_from([case for case in CASES if not case.big])
 
 
 _simple_items = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "developer", "assistant"]),

@@ -12,7 +12,8 @@ from typing import Literal, Protocol
 
 from switchboard.responses.v1 import items_pb2, response_pb2, tools_pb2
 
-FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+# "unknown": the upstream gave a finish reason nobody documents; the response ends incomplete, not completed.
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "unknown"]
 
 
 @dataclass(frozen=True, slots=True)

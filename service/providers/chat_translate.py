@@ -317,7 +317,7 @@ def _value(value: struct_pb2.Value) -> Any:
 
 
 def finish_reason(raw: str | None, saw_tool_calls: bool) -> FinishReason:
-    reason = _FINISH.get(raw or "stop", "stop")
+    reason = _FINISH.get(raw or "stop", "unknown")
     # Some servers (older vLLM, Ollama) say "stop" after emitting tool calls.
     return "tool_calls" if saw_tool_calls and reason == "stop" else reason
 

@@ -97,7 +97,7 @@ def rotel_collector() -> Iterator[tuple[Process, str]]:
     grpc_port, http_port = free_port(), free_port()
     process = Process([str(ROTEL_AGENT), "start", "--otlp-grpc-endpoint", f"127.0.0.1:{grpc_port}",
                        "--otlp-http-endpoint", f"127.0.0.1:{http_port}", "--exporter", "blackhole",
-                       "--debug-log", "traces", "--debug-log-verbosity", "detailed",
+                       "--debug-log", "traces", "--debug-log", "metrics", "--debug-log-verbosity", "detailed",
                        "--pid-file", f"/tmp/rotel-{grpc_port}.pid", "--log-file", f"/tmp/rotel-{grpc_port}.log"],
                       env={"NO_COLOR": "1"}, name="rotel")
     try:
@@ -111,7 +111,7 @@ def test_envoy_edge_and_service_spans_share_one_trace_in_a_real_collector(
         tmp_path: Path, upstream: str, rotel_collector: tuple[Process, str]) -> None:
     rotel_process, endpoint = rotel_collector
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_INSECURE": "true",
-           "OTEL_BSP_SCHEDULE_DELAY": "100"}
+           "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "500"}
     stack = start_stack(tmp_path, upstream, env=env, local_model=False)
     try:
         trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
@@ -130,6 +130,12 @@ def test_envoy_edge_and_service_spans_share_one_trace_in_a_real_collector(
         code = stack.stop()
     assert wanted <= {s.service for s in spans}, [(s.service, s.name) for s in spans]
     assert code == 0
+    # The service's metrics go to the same collector over OTLP (the last export happens at shutdown).
+    deadline = time.monotonic() + 10
+    while not any("service.name: Str(switchboard-service)" in block and "-> Name: switchboard.requests" in block
+                  for block in "".join(rotel_process.output).split("ResourceMetrics #")):
+        assert time.monotonic() < deadline, "no switchboard.requests metric reached the collector"
+        time.sleep(0.1)
     by_id = {s.span_id: s for s in spans}
     envoy = [s for s in spans if s.service == "switchboard-envoy"]
     assert envoy[0].parent_id == parent, "Envoy's span continues the client's trace"

@@ -169,6 +169,9 @@ SCENARIOS: dict[str, list[Any]] = {
     "incomplete": [TextDelta("cut "), TextDelta("off"), Finish("length")],
     "content_filter": [TextDelta("bad"), Finish("content_filter")],
     "empty": [Finish("stop")],
+    "bad_tool_json": [ToolCallDelta(0, "call_a", "get", '{"x": '), Finish("tool_calls")],
+    "unknown_finish": [TextDelta("odd"), Finish("unknown")],
+    "call_without_arguments": [ToolCallDelta(0, "call_a", "ping"), Finish("tool_calls")],
 }
 
 
@@ -193,6 +196,14 @@ def test_engine_streams_are_valid_and_ordered(name: str) -> None:
         calls = [i for i in final["output"] if i["type"] == "function_call"]
         assert [(c["call_id"], c["name"], c["arguments"]) for c in calls] == [
             ("call_a", "get", '{"x": 1}'), ("call_b", "put", '{"y": 2}')]
+    if name == "bad_tool_json":
+        assert final["status"] == "failed" and final["error"]["code"] == "upstream_invalid_tool_arguments"
+        assert encoded[-2]["type"] == "error"
+    if name == "unknown_finish":
+        assert final["status"] == "incomplete"
+        assert final["incomplete_details"] == {"reason": "upstream_finish_reason"}
+    if name == "call_without_arguments":
+        assert final["output"][0]["arguments"] == "{}"
     if name == "reasoning_then_text":
         assert final["output"][0]["type"] == "reasoning"
         assert final["output"][0]["summary"] == [{"type": "summary_text", "text": "sum"}]
@@ -223,7 +234,7 @@ def test_every_event_type_is_covered() -> None:
         events = engine.start()
         for delta in scenario:
             events += engine.feed(delta)
-        events += engine.finish() if scenario[-1].__class__ is Finish else engine.fail(UpstreamError("x"))
+        events += engine.finish() if isinstance(scenario[-1], Finish) else engine.fail(UpstreamError("x"))
         seen |= {codec.encode(e)["type"] for e in events}
     # Emitted by the background worker and by annotations, not by this engine run.
     assert openapi.event_types() - seen <= {"response.queued", "response.output_text.annotation.added"}
