@@ -51,6 +51,7 @@ class Edge:
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.max_metadata_size", 1024 * 1024),
         ])
         self._stub = responses_service_pb2_grpc.ResponsesStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)

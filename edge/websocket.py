@@ -41,7 +41,12 @@ def websocket_endpoint(edge: Edge, limit: float = CONNECTION_LIMIT_SECONDS) -> C
                     await websocket.send_text(_error_frame(400, "invalid_request", exc.message,
                                                            "invalid_request_error", exc.param or None))
                     continue
-                await call.write(frame)
+                if call.done():
+                    return  # the service ended the session (a refused key): the outbound side reports why
+                try:
+                    await call.write(frame)
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    return  # the same, seen by a write that crossed the end of the call
 
         async def service_to_client() -> None:
             async for event in call:
@@ -52,6 +57,9 @@ def websocket_endpoint(edge: Edge, limit: float = CONNECTION_LIMIT_SECONDS) -> C
         try:
             async with asyncio.timeout(limit):
                 done, _ = await asyncio.wait({inbound, outbound}, return_when=asyncio.FIRST_COMPLETED)
+                if inbound in done and inbound.exception() is None:
+                    done = {inbound, outbound}
+                    await outbound
             for task in done:
                 task.result()
         except TimeoutError:

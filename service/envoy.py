@@ -85,6 +85,11 @@ def render_config(template: str, addrs: EnvoyAddresses) -> str:
         clusters[:] = [c for c in clusters if c["name"] != "otel_collector"]
         for listener in listeners:
             _drop_tracing(listener)
+        for layer in doc.get("layered_runtime", {}).get("layers", []):
+            static = layer.get("static_layer")
+            if isinstance(static, dict):  # the tracer's runtime settings (flush interval) go with it
+                for key in [k for k in static if k.startswith("tracing.")]:
+                    del static[key]
     else:
         _set_endpoints(_by_name(clusters, "otel_collector", "cluster"), [addrs.otel_collector])
     return yaml.dump(doc, Dumper=_NoAliasDumper, sort_keys=False)

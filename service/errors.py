@@ -24,6 +24,10 @@ _ERROR_TYPES: dict[grpc.StatusCode, str] = {
 }
 
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class ApiError(Exception):
     """An error a client may see: its message is safe to show."""
 
@@ -37,11 +41,13 @@ class ApiError(Exception):
         retry_after: float | None = None,
         http_status: int | None = None,
     ) -> None:
+        # Messages and params may quote client input; keep them small enough for gRPC trailers.
+        message = _clip(message, 2000)
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
-        self.param = param
+        self.param = _clip(param, 256) if param is not None else None
         self.retry_after = retry_after
         self.http_status = http_status
 

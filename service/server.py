@@ -30,6 +30,7 @@ def create_server(config: Config, runner: TurnRunner, *, store: Store | None = N
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.max_send_message_length", _MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
+            ("grpc.max_metadata_size", 1024 * 1024),
         ],
     )
     responses_service_pb2_grpc.add_ResponsesServicer_to_server(

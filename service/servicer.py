@@ -76,19 +76,25 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
             raise not_found(response_id)
         return stored
 
+    async def _admit(self, request: pb.CreateResponseRequest, owner: str,
+                     context: Context | None) -> tuple[tuple[str, str], ...]:
+        """Rate limits per API key, before anything reaches an upstream. Returns the headers to send."""
+        if self._limiter is None:
+            return ()
+        decision = await self._limiter.check_request(owner, len(request.SerializeToString()) // 4)
+        metadata = tuple(headers(decision).items())
+        if not decision.allowed:
+            self._runner.metrics.rate_limited.add(1)
+            if context is not None:
+                await context.send_initial_metadata(metadata)
+            raise rejected(decision)
+        return metadata
+
     async def _start(self, request: pb.CreateResponseRequest, context: Context, *, stream: bool) -> Started:
         owner = self._owner(context)
+        metadata = await self._admit(request, owner, context)
         started = await self._runner.start(request, owner=owner, stream=stream, timeout=context.time_remaining(),
                                            metadata=tuple(context.invocation_metadata() or ()))
-        metadata: tuple[tuple[str, str], ...] = ()
-        if self._limiter is not None:
-            decision = await self._limiter.check_request(owner, len(request.SerializeToString()) // 4)
-            metadata += tuple(headers(decision).items())
-            if not decision.allowed:
-                await started.deltas.aclose()
-                self._runner.metrics.rate_limited.add(1)
-                await context.send_initial_metadata(metadata)
-                raise rejected(decision)
         if started.prepared.omitted_tools:
             metadata += ((OMITTED_TOOLS_HEADER, ",".join(started.prepared.omitted_tools)),)
         if metadata:
@@ -122,7 +128,11 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
     async def _background(self, request: pb.CreateResponseRequest, context: Context) -> response_pb2.Response:
         if self._worker is None:
             raise invalid("Background mode needs a store.", "background", code="store_disabled")
-        return await self._worker.submit(request, self._owner(context))
+        owner = self._owner(context)
+        metadata = await self._admit(request, owner, context)
+        if metadata:
+            await context.send_initial_metadata(metadata)
+        return await self._worker.submit(request, owner)
 
     async def StreamResponse(self, request: pb.CreateResponseRequest,  # noqa: N802 (gRPC method name)
                              context: Context) -> AsyncIterator[events_pb2.StreamEvent]:
@@ -262,5 +272,10 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
     async def Session(self, request_iterator: AsyncIterator[pb.SessionRequest],  # noqa: N802 (gRPC method name)
                       context: Context) -> AsyncIterator[pb.SessionEvent]:
         metadata = tuple(context.invocation_metadata() or ())
-        async for frame in session(self._runner, request_iterator, owner=self._owner(context), metadata=metadata):
+        owner = self._owner(context)
+
+        async def admit(request: pb.CreateResponseRequest) -> None:
+            await self._admit(request, owner, None)
+
+        async for frame in session(self._runner, request_iterator, owner=owner, metadata=metadata, admit=admit):
             yield frame

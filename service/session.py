@@ -3,7 +3,7 @@ response at a time, with a connection-local cache so `store: false` chains work 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -44,7 +44,9 @@ def _check_frame(request: pb.CreateResponseRequest) -> ApiError | None:
 
 
 async def session(runner: TurnRunner, frames: AsyncIterator[pb.SessionRequest], *, owner: str,
-                  metadata: Sequence[tuple[str, Any]] | None) -> AsyncIterator[pb.SessionEvent]:
+                  metadata: Sequence[tuple[str, Any]] | None,
+                  admit: Callable[[pb.CreateResponseRequest], Awaitable[None]] | None = None,
+                  ) -> AsyncIterator[pb.SessionEvent]:
     # Response id -> the whole context up to and including that response, for store:false continuations.
     cache: dict[str, list[items_pb2.Item]] = {}
     async for frame in frames:
@@ -56,6 +58,8 @@ async def session(runner: TurnRunner, frames: AsyncIterator[pb.SessionRequest], 
         previous = request.previous_response_id if request.HasField("previous_response_id") else ""
         history = cache.get(previous) if previous else None
         try:
+            if admit is not None:
+                await admit(request)  # rate limits: a refused turn is a 429 error frame
             started = await runner.start(request, owner=owner, stream=True, timeout=None, metadata=metadata,
                                          history=history)
         except ApiError as error:

@@ -22,6 +22,15 @@ from service.crypto import Sealer
 from service.engine import Event, TurnEngine
 from service.errors import ApiError, internal
 from service.metrics import Metrics
+from service.plugins import (
+    check_plugins,
+    compress,
+    enabled_plugins,
+    estimate_tokens,
+    heal_response,
+    parse_files,
+    truncate_oldest,
+)
 from service.providers.base import Delta, Finish, Provider
 from service.requests import Prepared, prepare
 from service.routing import Attempt, Router
@@ -40,6 +49,8 @@ def previous_not_found(response_id: str) -> ApiError:
                     f"Previous response with id {response_id!r} not found.", param="previous_response_id")
 
 
+# Output tokens kept free when trimming a context with no max_output_tokens.
+_DEFAULT_OUTPUT_RESERVE = 1024
 _TIERS = {"auto": response_pb2.SERVICE_TIER_AUTO, "default": response_pb2.SERVICE_TIER_DEFAULT,
           "flex": response_pb2.SERVICE_TIER_FLEX, "priority": response_pb2.SERVICE_TIER_PRIORITY,
           "scale": response_pb2.SERVICE_TIER_SCALE}
@@ -75,6 +86,8 @@ class Started:
     first_at: float
     stream: bool
     resumed: bool = False
+    # When the last upstream delta arrived (throughput is measured over streamed upstream calls).
+    last_at: float = 0.0
 
 
 class TurnRunner:
@@ -115,6 +128,9 @@ class TurnRunner:
     def prepare(self, request: Request, *, stream: bool, timeout: float | None,
                 history: list[Item] | None) -> Prepared:
         validate(request)
+        # Background jobs always run streamed; what the client asked for is the request's own `stream`.
+        check_plugins(request, stream=bool(request.stream) if request.background else stream,
+                      web_search_configured=False)
         return prepare(request, self._config, stream=stream, timeout=timeout, sealer=self._sealer,
                        history=history, store_default=self._config.store_default and self._store is not None)
 
@@ -126,14 +142,16 @@ class TurnRunner:
         """Raises 404 unless ``name`` is a routed model or `<provider>/<model>` with a configured provider."""
         self.router.endpoints(name, param)
 
-    def plan(self, request: Request, prepared: Prepared, metadata: Sequence[tuple[str, Any]] | None) -> list[Attempt]:
-        """The upstream attempts: `model`, then each of `models`, each over its endpoints in routing order."""
+    def plan(self, request: Request, prepared: Prepared, metadata: Sequence[tuple[str, Any]] | None, *,
+             trimming: bool = False) -> list[Attempt]:
+        """The upstream attempts: `model`, then each of `models`, each over its endpoints in routing order.
+        When the context may be trimmed per endpoint, no endpoint is ruled out for its context length."""
         session_key = telemetry.session_id(request, metadata) or (
             request.prompt_cache_key if request.HasField("prompt_cache_key") else None)
         return self.router.plan(
             [prepared.model, *request.models], request.provider if request.HasField("provider") else None,
             session_key=session_key or None, needed_parameters=needed_parameters(request),
-            estimated_input_tokens=sum(len(i.SerializeToString()) for i in prepared.turn.items) // 4)
+            estimated_input_tokens=0 if trimming else estimate_tokens(prepared.turn.items))
 
     async def start(self, request: Request, *, owner: str, stream: bool, timeout: float | None,
                     metadata: Sequence[tuple[str, Any]] | None = None, history: list[Item] | None = None,
@@ -148,11 +166,19 @@ class TurnRunner:
         if resumed is not None:
             prepared.response.id, prepared.response.created_at = resumed.id, resumed.created_at
             prepared.response.background = True
-        attempts = self.plan(request, prepared, metadata)
+        plugins = enabled_plugins(request)
+        if "file-parser" in plugins:
+            prepared.turn.items = await asyncio.to_thread(parse_files, prepared.turn.items)
+        trimming = "context-compression" in plugins or request.truncation == response_pb2.TRUNCATION_AUTO
+        attempts = self.plan(request, prepared, metadata, trimming=trimming)
 
         async def attempt_call(attempt: Attempt) -> tuple[AsyncGenerator[Delta, None], Delta | None, Span]:
             endpoint = attempt.endpoint
             turn = dataclasses.replace(prepared.turn, model=endpoint.model)
+            if trimming and endpoint.context_length:
+                trim = compress if "context-compression" in plugins else truncate_oldest
+                turn.items = trim(turn.items, context_length=endpoint.context_length,
+                                  reserve_output=turn.max_output_tokens or _DEFAULT_OUTPUT_RESERVE)
             if timeout is not None:
                 turn.timeout = max(0.0, timeout - (time.monotonic() - started_at))
             span = self._attempt_span(attempt, prepared)
@@ -205,6 +231,7 @@ class TurnRunner:
                 if isinstance(started.first, Finish):
                     finish_reason = started.first.reason
                 async for delta in started.deltas:
+                    started.last_at = time.monotonic()
                     if cancel is not None and cancel.is_set():
                         break
                     if isinstance(delta, Finish):
@@ -212,6 +239,10 @@ class TurnRunner:
                     for event in engine.feed(delta):
                         yield event
             terminal = engine.cancel() if cancel is not None and cancel.is_set() else engine.finish()
+            if "response-healing" in enabled_plugins(started.request) and heal_response(engine.response):
+                # The terminal event's snapshot was taken before healing.
+                arm = str(terminal[-1].WhichOneof("event"))
+                getattr(terminal[-1], arm).response.CopyFrom(engine.response)
         except ApiError as error:
             status = error.status.name
             self._attempt_failed(started.span, started.attempt, error, end=False)
@@ -284,8 +315,11 @@ class TurnRunner:
         span = started.span
         span.set_attribute("gen_ai.response.model", started.attempt.endpoint.model)
         if response.status != response_pb2.RESPONSE_STATUS_FAILED:
+            # Throughput needs a streamed upstream call: unary upstream calls deliver everything at once.
+            last = max(started.last_at, started.first_at)
             self.router.record_success(started.attempt.endpoint, ttfb=started.first_at - started.started_at,
-                                       tokens=usage.output_tokens, duration=elapsed)
+                                       tokens=usage.output_tokens if started.stream else 0,
+                                       duration=last - started.started_at)
         span.set_attribute("gen_ai.response.id", response.id)
         span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
         span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)

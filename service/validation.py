@@ -12,10 +12,10 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
-from google.protobuf import struct_pb2
+from google.protobuf import json_format
 from jsonschema import exceptions as schema_exceptions  # type: ignore[import-untyped]
 from jsonschema import validators as schema_validators
 
@@ -59,13 +59,12 @@ NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 _NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 PLUGINS = ("web", "file-parser", "response-healing", "context-compression", "moderation", "auto-router")
 SORT_PARTITIONS = ("model", "none")
-# `include` values that need a tool this gateway does not have.
+# `include` values that need a tool this gateway does not have: value -> (JSON name, tool).
 _UNSUPPORTED_INCLUDES = {
     responses_service_pb2.INCLUDE_FILE_SEARCH_CALL_RESULTS: ("file_search_call.results", "file_search"),
-    responses_service_pb2.INCLUDE_COMPUTER_CALL_OUTPUT_OUTPUT_IMAGE_URL: (
-        "computer_call_output.output.image_url", "computer_use"),
-    responses_service_pb2.INCLUDE_CODE_INTERPRETER_CALL_OUTPUTS: ("code_interpreter_call.outputs",
-                                                                  "code_interpreter"),
+    responses_service_pb2.INCLUDE_COMPUTER_CALL_OUTPUT_OUTPUT_IMAGE_URL: ("computer_call_output.output.image_url",
+                                                                          "computer_use"),
+    responses_service_pb2.INCLUDE_CODE_INTERPRETER_CALL_OUTPUTS: ("code_interpreter_call.outputs", "code_interpreter"),
 }
 _TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
 
@@ -89,13 +88,10 @@ def validate(request: Request, *, limits: Limits = DEFAULT_LIMITS, stream: bool 
         if request.HasField(name):  # type: ignore[arg-type]
             _length(getattr(request, name), name, length)
     _output(request)
-    streaming = request.stream if stream is None else stream
-    if request.HasField("stream_options") and not streaming:
-        raise invalid("The 'stream_options' parameter is only allowed when 'stream' is true.", "stream_options",
-                      code="invalid_value")
+    if request.HasField("stream_options") and not (request.stream if stream is None else stream):
+        _fail("stream_options", "'stream_options' is only allowed when 'stream' is true.")
     if request.background and request.HasField("store") and not request.store:
-        raise invalid("Background mode needs a stored response: 'background' is true but 'store' is false.",
-                      "background", code="invalid_value")
+        _fail("background", "background mode needs a stored response, but 'store' is false.")
     _provider(request.provider)
     _plugins(request)
     _trace(request)
@@ -105,6 +101,7 @@ def validate(request: Request, *, limits: Limits = DEFAULT_LIMITS, stream: bool 
 
 
 def _ranges(limits: Limits) -> tuple[tuple[str, float | None, float | None], ...]:
+    """Top-level numbers and their bounds (None: unbounded)."""
     return (
         ("max_output_tokens", limits.max_output_tokens_min, None),
         ("temperature", *limits.temperature),
@@ -130,6 +127,18 @@ def _lengths(limits: Limits) -> tuple[tuple[str, int], ...]:
 # ---------------------------------------------------------------- primitives
 
 
+def _fail(param: str, detail: str, code: str = "invalid_value") -> NoReturn:
+    raise invalid(f"Invalid '{param}': {detail}", param, code=code)
+
+
+def _missing(param: str, hint: str = "") -> NoReturn:
+    raise invalid(f"Missing required parameter: '{param}'{hint}.", param, code="missing_required_parameter")
+
+
+def _key(key: str) -> str:  # a client's map key in a param, cut short: gRPC trailers are of bounded size
+    return key if len(key) <= 100 else key[:100] + "..."
+
+
 def _show(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:g}"
 
@@ -137,54 +146,29 @@ def _show(value: float) -> str:
 def _number(value: float, param: str, low: float | None, high: float | None) -> None:
     kind = "integer" if isinstance(value, int) else "decimal"
     if not math.isfinite(value):
-        raise invalid(f"Invalid '{param}': expected a finite number, but got {value}.", param, code="invalid_value")
+        _fail(param, f"expected a finite number, but got {value}.")
     if low is not None and value < low:
-        raise invalid(f"Invalid '{param}': {kind} below minimum value. Expected a value >= {_show(low)}, "
-                      f"but got {_show(value)} instead.", param, code=f"{kind}_below_min_value")
+        _fail(param, f"{kind} below minimum value. Expected a value >= {_show(low)}, but got {_show(value)} instead.",
+              f"{kind}_below_min_value")
     if high is not None and value > high:
-        raise invalid(f"Invalid '{param}': {kind} above maximum value. Expected a value <= {_show(high)}, "
-                      f"but got {_show(value)} instead.", param, code=f"{kind}_above_max_value")
+        _fail(param, f"{kind} above maximum value. Expected a value <= {_show(high)}, but got {_show(value)} instead.",
+              f"{kind}_above_max_value")
 
 
-def _length(value: str, param: str, limit: int) -> None:
+def _length(value: str, param: str, limit: int, *, required: bool = False) -> None:
+    if required and not value:
+        _missing(param)
     if len(value) > limit:
-        raise invalid(f"Invalid '{param}': string too long. Expected a string with maximum length {limit}, "
-                      f"but got a string with length {len(value)} instead.", param, code="string_above_max_length")
-
-
-def _required(value: str, param: str) -> None:
-    if not value:
-        raise invalid(f"Missing required parameter: '{param}'.", param, code="missing_required_parameter")
-
-
-def _non_empty(values: Iterable[str], param: str) -> None:
-    for index, value in enumerate(values):
-        if not value.strip():
-            raise invalid(f"Invalid '{param}[{index}]': empty string. Expected a non-empty string.",
-                          f"{param}[{index}]", code="empty_string")
+        _fail(param, f"string too long. Expected a string with maximum length {limit}, but got a string with length "
+              f"{len(value)} instead.", "string_above_max_length")
 
 
 def _name(value: str, param: str) -> None:
-    _required(value, param)
+    if not value:
+        _missing(param)
     if not _NAME.fullmatch(value):
-        raise invalid(f"Invalid '{param}': string does not match pattern. Expected a string that matches the "
-                      f"pattern '{NAME_PATTERN}', but got {value[:80]!r}.", param, code="invalid_value")
-
-
-def _py(value: struct_pb2.Value) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind == "struct_value":
-        return {key: _py(item) for key, item in value.struct_value.fields.items()}
-    if kind == "list_value":
-        return [_py(item) for item in value.list_value.values]
-    if kind == "number_value":
-        number = value.number_value
-        return int(number) if number.is_integer() and abs(number) < 2**53 else number
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return value.bool_value
-    return None
+        _fail(param, f"string does not match pattern. Expected a string that matches the pattern '{NAME_PATTERN}', "
+              f"but got {value[:80]!r}.")
 
 
 def _schema_problem(schema: dict[str, Any]) -> str | None:
@@ -193,14 +177,14 @@ def _schema_problem(schema: dict[str, Any]) -> str | None:
     try:
         if declared is None:
             cls = schema_validators.validator_for(schema)
-        else:
+        else:  # an unknown $schema: no default (jsonschema would warn and fall back to the latest draft)
             cls = schema_validators.validator_for(schema, default=None) if isinstance(declared, str) else None
             if cls is None:
                 return f"'$schema' names no known JSON Schema draft: {str(declared)[:100]!r}"
         cls.check_schema(schema)
     except schema_exceptions.SchemaError as exc:
-        where = "/".join(str(p) for p in exc.path)
-        return f"{exc.message[:300]}" + (f" (at '{where}')" if where else "")
+        where = "/".join(str(p) for p in exc.path)[:200]
+        return str(exc.message)[:300] + (f" (at '{where}')" if where else "")
     except (ValueError, TypeError, LookupError, RecursionError) as exc:
         return f"the schema cannot be checked ({type(exc).__name__})"
     return None
@@ -211,35 +195,29 @@ def _schema_problem(schema: dict[str, Any]) -> str | None:
 
 def _models(request: Request, limits: Limits) -> None:
     if len(request.models) > limits.models:
-        raise invalid(f"Invalid 'models': array too long. Expected an array with maximum length {limits.models}, "
-                      f"but got an array with length {len(request.models)} instead.", "models",
-                      code="array_above_max_length")
+        _fail("models", f"array too long. Expected an array with maximum length {limits.models}, but got an array "
+              f"with length {len(request.models)} instead.", "array_above_max_length")
     seen: set[str] = set()
     for index, name in enumerate(request.models):
-        param = f"models[{index}]"
         provider, sep, model = name.partition("/")
         if not sep or not provider or not model:
-            raise invalid(f"Invalid '{param}': model {name[:100]!r} must be named '<provider>/<model>'.", param,
-                          code="invalid_model")
+            _fail(f"models[{index}]", f"model {name[:100]!r} must be named '<provider>/<model>'.", "invalid_model")
         if name in seen:
-            raise invalid(f"Invalid '{param}': model {name[:100]!r} is listed twice.", param, code="duplicate_value")
+            _fail(f"models[{index}]", f"model {name[:100]!r} is listed twice.", "duplicate_value")
         seen.add(name)
 
 
 def _metadata(request: Request, limits: Limits) -> None:
     pairs = request.metadata
     if len(pairs) > limits.metadata_pairs:
-        raise invalid(f"Invalid 'metadata': too many properties. Expected an object with at most "
-                      f"{limits.metadata_pairs} properties, but got an object with {len(pairs)} properties instead.",
-                      "metadata", code="object_above_max_properties")
+        _fail("metadata", f"too many properties. Expected an object with at most {limits.metadata_pairs} properties, "
+              f"but got an object with {len(pairs)} properties instead.", "object_above_max_properties")
     for key in sorted(pairs):
         if len(key) > limits.metadata_key_length:
-            raise invalid(f"Invalid 'metadata': key too long. Expected keys of at most {limits.metadata_key_length} "
-                          f"characters, but got a key of {len(key)} characters.", "metadata",
-                          code="string_above_max_length")
+            _fail("metadata", f"key too long. Expected keys of at most {limits.metadata_key_length} characters, but "
+                  f"got a key of {len(key)} characters.", "string_above_max_length")
         if "[" in key or "]" in key:
-            raise invalid(f"Invalid 'metadata': key {key!r} may not contain '[' or ']'.", "metadata",
-                          code="invalid_value")
+            _fail("metadata", f"key {key!r} may not contain '[' or ']'.")
         _length(pairs[key], f"metadata.{key}", limits.metadata_value_length)
 
 
@@ -256,29 +234,22 @@ def _input(request: Request, limits: Limits) -> None:
             _content(item.message.content, f"{param}.content", limits)
         elif kind == "function_call":
             call = item.function_call
-            _call_id(call.call_id, f"{param}.call_id", limits)
+            _length(call.call_id, f"{param}.call_id", limits.call_id_length, required=True)
             _length(call.arguments, f"{param}.arguments", limits.text_length)
             if call.arguments:  # the gateway's own output has "" for a call without arguments
                 try:
                     orjson.loads(call.arguments)
                 except orjson.JSONDecodeError as exc:
-                    raise invalid(f"Invalid '{param}.arguments': the arguments are not valid JSON ({exc}).",
-                                  f"{param}.arguments", code="invalid_value") from None
+                    _fail(f"{param}.arguments", f"the arguments are not valid JSON ({exc}).")
         elif kind == "function_call_output":
-            _call_id(item.function_call_output.call_id, f"{param}.call_id", limits)
+            _length(item.function_call_output.call_id, f"{param}.call_id", limits.call_id_length, required=True)
             _content(item.function_call_output.output, f"{param}.output", limits)
         elif kind == "reasoning":
-            reasoning = item.reasoning
-            _parts(reasoning.summary, f"{param}.summary", limits)
-            _parts(reasoning.content, f"{param}.content", limits)
-            _length(reasoning.encrypted_content, f"{param}.encrypted_content", limits.text_length)
+            _parts(item.reasoning.summary, f"{param}.summary", limits)
+            _parts(item.reasoning.content, f"{param}.content", limits)
+            _length(item.reasoning.encrypted_content, f"{param}.encrypted_content", limits.text_length)
         elif kind == "compaction":
             _length(item.compaction.encrypted_content, f"{param}.encrypted_content", limits.text_length)
-
-
-def _call_id(value: str, param: str, limits: Limits) -> None:
-    _required(value, param)
-    _length(value, param, limits.call_id_length)
 
 
 def _content(content: content_pb2.Content, param: str, limits: Limits) -> None:
@@ -298,34 +269,29 @@ def _parts(parts: Iterable[content_pb2.ContentPart], param: str, limits: Limits)
         elif kind == "refusal":
             _length(part.refusal.refusal, f"{where}.refusal", limits.text_length)
         elif kind == "input_image":
-            image = part.input_image
-            if not image.image_url and not image.file_id:
-                raise invalid(f"Missing required parameter: '{where}.image_url' (an input_image needs 'image_url' "
-                              "or 'file_id').", f"{where}.image_url", code="missing_required_parameter")
-            _length(image.image_url, f"{where}.image_url", limits.image_url_length)
+            if not part.input_image.image_url and not part.input_image.file_id:
+                _missing(f"{where}.image_url", " (an input_image needs 'image_url' or 'file_id')")
+            _length(part.input_image.image_url, f"{where}.image_url", limits.image_url_length)
         elif kind == "input_file":
             file = part.input_file
             if not (file.file_data or file.file_url or file.file_id):
-                raise invalid(f"Invalid '{where}': an input_file needs one of 'file_data', 'file_url' or 'file_id'.",
-                              where, code="missing_required_parameter")
+                _fail(where, "an input_file needs one of 'file_data', 'file_url' or 'file_id'.",
+                      "missing_required_parameter")
             _length(file.file_data, f"{where}.file_data", limits.file_data_length)
 
 
 def _tool_type(tool: tools_pb2.Tool | tools_pb2.ToolReference) -> str:
-    kind = tool.WhichOneof("tool")
-    if kind == "other":
+    if tool.WhichOneof("tool") == "other":
         value = tool.other.fields.get("type")
         return value.string_value if value is not None else ""
-    return str(kind)
+    return str(tool.WhichOneof("tool"))
 
 
 def _tools(request: Request) -> tuple[set[str], set[str]]:
     """The function names (namespaced ones included) and the tool types of ``tools``."""
     functions: dict[str, str] = {}
     namespaces: set[str] = set()
-    types: set[str] = set()
     for index, tool in enumerate(request.tools):
-        types.add(_tool_type(tool))
         kind = tool.WhichOneof("tool")
         if kind == "function":
             _function(tool.function, f"tools[{index}]", functions)
@@ -333,63 +299,52 @@ def _tools(request: Request) -> tuple[set[str], set[str]]:
             name = tool.namespace.name
             _name(name, f"tools[{index}].name")
             if name in namespaces:
-                raise invalid(f"Invalid 'tools[{index}].name': the namespace {name!r} is declared twice.",
-                              f"tools[{index}].name", code="duplicate_value")
+                _fail(f"tools[{index}].name", f"the namespace {name!r} is declared twice.", "duplicate_value")
             namespaces.add(name)
             for inner_index, inner in enumerate(tool.namespace.tools):
                 if inner.WhichOneof("tool") == "function":
                     _function(inner.function, f"tools[{index}].tools[{inner_index}]", functions)
-    return set(functions), types
+    return set(functions), {_tool_type(tool) for tool in request.tools}
 
 
 def _function(function: tools_pb2.FunctionTool, param: str, seen: dict[str, str]) -> None:
     name = function.name
     _name(name, f"{param}.name")
     if name in seen:
-        raise invalid(f"Invalid '{param}.name': the function name {name!r} is already used by '{seen[name]}'.",
-                      f"{param}.name", code="duplicate_value")
+        _fail(f"{param}.name", f"the function name {name!r} is already used by '{seen[name]}'.", "duplicate_value")
     seen[name] = f"{param}.name"
-    if not function.HasField("parameters"):
-        return
-    schema = {key: _py(value) for key, value in function.parameters.fields.items()}
-    kind = schema.get("type", "object")
-    problem = f"its type must be 'object', not {kind!r}" if kind != "object" else _schema_problem(schema)
-    if problem is not None:
-        raise invalid(f"Invalid schema for function {name!r}: {problem}.", f"{param}.parameters",
-                      code="invalid_function_parameters")
+    if function.HasField("parameters"):
+        schema = json_format.MessageToDict(function.parameters)
+        kind = schema.get("type", "object")
+        problem = f"its type must be 'object', not {kind!r}" if kind != "object" else _schema_problem(schema)
+        if problem is not None:
+            raise invalid(f"Invalid schema for function {name!r}: {problem}.", f"{param}.parameters",
+                          code="invalid_function_parameters")
 
 
 def _tool_choice(request: Request, functions: set[str], types: set[str], limits: Limits) -> None:
     choice = request.tool_choice
     which = choice.WhichOneof("choice")
     if which == "mode" and choice.mode == tools_pb2.TOOL_CHOICE_MODE_REQUIRED and not request.tools:
-        raise invalid("Invalid 'tool_choice': 'required' needs at least one tool in 'tools'.", "tool_choice",
-                      code="invalid_value")
+        _fail("tool_choice", "'required' needs at least one tool in 'tools'.")
     if which == "function" and choice.function.name not in functions:
-        raise invalid(f"Invalid 'tool_choice': the function {choice.function.name[:100]!r} is not in 'tools'.",
-                      "tool_choice", code="invalid_value")
+        _fail("tool_choice", f"the function {choice.function.name[:100]!r} is not in 'tools'.")
     if which != "allowed_tools":
         return
     allowed = choice.allowed_tools
     if allowed.mode == tools_pb2.TOOL_CHOICE_MODE_UNSPECIFIED:
-        raise invalid("Missing required parameter: 'tool_choice.mode'.", "tool_choice.mode",
-                      code="missing_required_parameter")
+        _missing("tool_choice.mode")
     if allowed.mode == tools_pb2.TOOL_CHOICE_MODE_NONE:
-        raise invalid("Invalid 'tool_choice.mode': expected 'auto' or 'required', got 'none'.", "tool_choice.mode",
-                      code="invalid_value")
+        _fail("tool_choice.mode", "expected 'auto' or 'required', got 'none'.")
     if len(allowed.tools) > limits.allowed_tools:
-        raise invalid(f"Invalid 'tool_choice.tools': array too long. Expected an array with maximum length "
-                      f"{limits.allowed_tools}, but got an array with length {len(allowed.tools)} instead.",
-                      "tool_choice.tools", code="array_above_max_length")
+        _fail("tool_choice.tools", f"array too long. Expected an array with maximum length {limits.allowed_tools}, "
+              f"but got an array with length {len(allowed.tools)} instead.", "array_above_max_length")
     for index, ref in enumerate(allowed.tools):
-        param = f"tool_choice.tools[{index}]"
         if ref.WhichOneof("tool") == "function":
             if ref.function.name not in functions:
-                raise invalid(f"Invalid '{param}': the function {ref.function.name[:100]!r} is not in 'tools'.",
-                              param, code="invalid_value")
+                _fail(f"tool_choice.tools[{index}]", f"the function {ref.function.name[:100]!r} is not in 'tools'.")
         elif _tool_type(ref) not in types:
-            raise invalid(f"Invalid '{param}': no tool of type {_tool_type(ref)[:100]!r} is in 'tools'.", param,
-                          code="invalid_value")
+            _fail(f"tool_choice.tools[{index}]", f"no tool of type {_tool_type(ref)[:100]!r} is in 'tools'.")
 
 
 def _text_format(request: Request) -> None:
@@ -398,51 +353,45 @@ def _text_format(request: Request) -> None:
     fmt = request.text.format.json_schema
     _name(fmt.name, "text.format.name")
     if not fmt.HasField("schema"):
-        raise invalid("Missing required parameter: 'text.format.schema'.", "text.format.schema",
-                      code="missing_required_parameter")
-    problem = _schema_problem({key: _py(value) for key, value in fmt.schema.fields.items()})
+        _missing("text.format.schema")
+    problem = _schema_problem(json_format.MessageToDict(fmt.schema))
     if problem is not None:
-        raise invalid(f"Invalid 'text.format.schema': not a valid JSON Schema: {problem}.", "text.format.schema",
-                      code="invalid_json_schema")
+        _fail("text.format.schema", f"not a valid JSON Schema: {problem}.", "invalid_json_schema")
 
 
 def _reasoning(request: Request, limits: Limits) -> None:
     reasoning = request.reasoning
     if reasoning.HasField("effort") and reasoning.HasField("max_tokens"):
-        raise invalid("Invalid 'reasoning': give 'effort' or 'max_tokens', not both.", "reasoning",
-                      code="invalid_value")
+        _fail("reasoning", "give 'effort' or 'max_tokens', not both.")
     if reasoning.HasField("max_tokens"):
         _number(reasoning.max_tokens, "reasoning.max_tokens", limits.reasoning_max_tokens_min, None)
 
 
 def _output(request: Request) -> None:
     for index, value in enumerate(request.include):
-        param = f"include[{index}]"
         if value in _UNSUPPORTED_INCLUDES:
             name, tool = _UNSUPPORTED_INCLUDES[value]
-            raise invalid(f"Invalid '{param}': {name!r} cannot be honoured, this gateway has no {tool} tool.",
-                          param, code="unsupported_value")
+            _fail(f"include[{index}]", f"{name!r} cannot be honoured, this gateway has no {tool} tool.",
+                  "unsupported_value")
         if value == responses_service_pb2.INCLUDE_UNSPECIFIED:
-            raise invalid(f"Invalid '{param}': no value.", param, code="invalid_value")
+            _fail(f"include[{index}]", "no value.")
     for index, modality in enumerate(request.modalities):
         if modality == responses_service_pb2.MODALITY_UNSPECIFIED:
-            raise invalid(f"Invalid 'modalities[{index}]': expected 'text' or 'image'.", f"modalities[{index}]",
-                          code="invalid_value")
+            _fail(f"modalities[{index}]", "expected 'text' or 'image'.")
     config = request.image_config.fields
     if config and responses_service_pb2.MODALITY_IMAGE not in request.modalities:
-        raise invalid("Invalid 'image_config': it applies only when 'modalities' includes 'image'.", "image_config",
-                      code="invalid_value")
+        _fail("image_config", "it applies only when 'modalities' includes 'image'.")
     for key in sorted(config):
         kind = config[key].WhichOneof("kind")
-        if kind not in ("string_value", "number_value") or (
-                kind == "number_value" and not math.isfinite(config[key].number_value)):
-            raise invalid(f"Invalid 'image_config.{key}': expected a string or a number.", f"image_config.{key}",
-                          code="invalid_value")
+        if kind not in ("string_value", "number_value") or not math.isfinite(config[key].number_value):
+            _fail(f"image_config.{_key(key)}", "expected a string or a number.")
 
 
 def _provider(provider: responses_service_pb2.ProviderPreferences) -> None:
     for name in ("order", "only", "ignore", "quantizations"):
-        _non_empty(getattr(provider, name), f"provider.{name}")
+        for index, entry in enumerate(getattr(provider, name)):
+            if not entry.strip():
+                _fail(f"provider.{name}[{index}]", "empty string. Expected a non-empty string.", "empty_string")
     for name in ("prompt", "completion", "request", "image"):
         if provider.max_price.HasField(name):  # type: ignore[arg-type]
             _number(getattr(provider.max_price, name), f"provider.max_price.{name}", 0, None)
@@ -456,23 +405,18 @@ def _provider(provider: responses_service_pb2.ProviderPreferences) -> None:
     if provider.sort.WhichOneof("value") == "options":
         options = provider.sort.options
         if options.by == responses_service_pb2.PROVIDER_SORT_BY_UNSPECIFIED:
-            raise invalid("Missing required parameter: 'provider.sort.by'.", "provider.sort.by",
-                          code="missing_required_parameter")
+            _missing("provider.sort.by")
         if options.HasField("partition") and options.partition not in SORT_PARTITIONS:
-            raise invalid(f"Invalid 'provider.sort.partition': expected 'model' or 'none', got "
-                          f"{options.partition[:100]!r}.", "provider.sort.partition", code="invalid_value")
+            _fail("provider.sort.partition", f"expected 'model' or 'none', got {options.partition[:100]!r}.")
 
 
 def _plugins(request: Request) -> None:
     seen: set[str] = set()
     for index, plugin in enumerate(request.plugins):
-        param = f"plugins[{index}].id"
         if plugin.id not in PLUGINS:
-            raise invalid(f"Invalid '{param}': unknown plugin {plugin.id[:100]!r}. Known plugins: "
-                          f"{', '.join(PLUGINS)}.", param, code="invalid_value")
+            _fail(f"plugins[{index}].id", f"unknown plugin {plugin.id[:100]!r}. Known plugins: {', '.join(PLUGINS)}.")
         if plugin.id in seen:
-            raise invalid(f"Invalid '{param}': the plugin {plugin.id!r} is listed twice.", param,
-                          code="duplicate_value")
+            _fail(f"plugins[{index}].id", f"the plugin {plugin.id!r} is listed twice.", "duplicate_value")
         seen.add(plugin.id)
 
 
@@ -482,8 +426,7 @@ def _trace(request: Request) -> None:
         kind = attributes[key].WhichOneof("kind")
         if kind in ("struct_value", "list_value"):
             shape = "an object" if kind == "struct_value" else "an array"
-            raise invalid(f"Invalid 'trace.{key}': custom trace keys take a string, number or boolean, but got "
-                          f"{shape}.", f"trace.{key}", code="invalid_value")
+            _fail(f"trace.{_key(key)}", f"custom trace keys take a string, number or boolean, but got {shape}.")
 
 
 __all__ = ["DEFAULT_LIMITS", "Limits", "validate"]

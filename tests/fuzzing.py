@@ -144,19 +144,23 @@ def _value(field: FieldDescriptor, depth: int) -> Strategy:
     return _element(field, depth)
 
 
-@st.composite
-def _fields(draw: st.DrawFn, desc: Descriptor, skip: str | None, depth: int) -> dict[str, Any]:
+def _fields(desc: Descriptor, skip: str | None, depth: int) -> Strategy:
+    """Up to 6 of the fields of ``desc`` (except the oneof ``skip``), and now and then unknown keys."""
     fields = [f for f in desc.fields if not (skip and f.containing_oneof and f.containing_oneof.name == skip)
               and not _opt(f, json_pb2.rest)]
-    out: dict[str, Any] = {}
     if not fields:
+        return st.just({})
+    values = {f.name: _value(f, depth) for f in fields}  # built once: strategies are costly to build per draw
+    chosen = st.lists(st.sampled_from(sorted(values)), max_size=min(len(values), 6), unique=True)
+    extra = _weighted(st.just({}), st.dictionaries(st.text(max_size=8), json_values, max_size=3), 10)
+
+    @st.composite
+    def draw_fields(draw: st.DrawFn) -> dict[str, Any]:
+        out = {name: draw(values[name]) for name in draw(chosen)}
+        out.update(draw(extra))  # unknown keys (or `rest` keys where the message has a rest Struct)
         return out
-    names = draw(st.lists(st.sampled_from(fields), max_size=min(len(fields), 6), unique_by=lambda f: f.name))
-    for field in names:
-        out[field.name] = draw(_value(field, depth))
-    if draw(st.integers(0, 9)) == 0:  # unknown keys (or `rest` keys where the message has a rest Struct)
-        out.update(draw(st.dictionaries(st.text(max_size=8), json_values, max_size=3)))
-    return out
+
+    return draw_fields()
 
 
 _cache: dict[tuple[str, int], Strategy] = {}
@@ -220,7 +224,8 @@ def json_bodies(draw: st.DrawFn) -> dict[str, Any]:
     if "input" not in body or draw(st.integers(0, 2)) == 0:  # mostly a usable input, so later rules are reached
         body["input"] = draw(st.one_of(st.just("hi"), _simple_items, st.text(max_size=20), message(
             responses_service_pb2.Input.DESCRIPTOR, depth=4)))
-    how = draw(st.sampled_from(["as generated", "wrong type", "broken rule", "broken rule"]))
+    how = draw(st.sampled_from(["as generated", "wrong type", "wrong type", "broken rule", "broken rule",
+                                "broken rule"]))
     if how == "wrong type":  # one top-level field of a JSON type it can never take: the codec's 400
         name, value = draw(_wrong_types)
         body[name] = value

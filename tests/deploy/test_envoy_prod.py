@@ -4,6 +4,7 @@ tracing into a real OTLP collector (rotel), ejection of a killed service replica
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import secrets
 import signal
@@ -14,14 +15,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import httpx
 import orjson
 import pytest
 import rotel
+import yaml
 
-from service.envoy import EnvoyAddresses, EnvoyProcess, render_config
+from service import cli
+from service.config import ServerConfig
+from service.envoy import EnvoyAddresses, EnvoyProcess, otlp_grpc_address, render_config
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
 from tests.e2e.stack import API_KEY, Process, free_port, start_stack, start_upstream, write_config
 
@@ -107,42 +112,55 @@ def rotel_collector() -> Iterator[tuple[Process, str]]:
         process.stop(signal.SIGINT, timeout=5)
 
 
+def trace_problems(spans: list[LoggedSpan], parent: str) -> list[str]:
+    """What is still missing from the chain client -> Envoy -> edge -> service (spans arrive in batches)."""
+    by_id = {s.span_id: s for s in spans}
+
+    def parents(service: str) -> set[str]:
+        return {by_id[s.parent_id].service if s.parent_id in by_id else s.parent_id
+                for s in spans if s.service == service}
+
+    problems = []
+    if parent not in parents("switchboard-envoy"):
+        problems.append("no Envoy span continues the client's trace")
+    if "switchboard-envoy" not in parents("switchboard-edge"):
+        problems.append("no edge span is a child of Envoy's")
+    if "switchboard-edge" not in parents("switchboard-service"):
+        problems.append("no service span is a child of the edge's")
+    return problems
+
+
 def test_envoy_edge_and_service_spans_share_one_trace_in_a_real_collector(
         tmp_path: Path, upstream: str, rotel_collector: tuple[Process, str]) -> None:
     rotel_process, endpoint = rotel_collector
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_INSECURE": "true",
            "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "500"}
     stack = start_stack(tmp_path, upstream, env=env, local_model=False)
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+
+    def received() -> list[LoggedSpan]:
+        return [s for s in parse_rotel_spans(list(rotel_process.output)) if s.trace_id == trace_id]
+
     try:
-        trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
         reply = httpx.post(f"{stack.envoy}/v1/responses", json={"input": "trace me"}, timeout=30,
                            headers={**AUTH, "traceparent": f"00-{trace_id}-{parent}-01"})
         assert reply.status_code == 200, reply.text
-        wanted = {"switchboard-envoy", "switchboard-edge", "switchboard-service"}
         deadline = time.monotonic() + 20
-        spans: list[LoggedSpan] = []
-        while time.monotonic() < deadline:
-            spans = [s for s in parse_rotel_spans(list(rotel_process.output)) if s.trace_id == trace_id]
-            if wanted <= {s.service for s in spans}:
-                break
+        while trace_problems(received(), parent) and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
-        code = stack.stop()
-    assert wanted <= {s.service for s in spans}, [(s.service, s.name) for s in spans]
+        code = stack.stop()  # flushes whatever the processes still hold
     assert code == 0
+    deadline = time.monotonic() + 5
+    while (problems := trace_problems(spans := received(), parent)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not problems, (problems, [(s.service, s.name, s.span_id, s.parent_id) for s in spans])
     # The service's metrics go to the same collector over OTLP (the last export happens at shutdown).
     deadline = time.monotonic() + 10
     while not any("service.name: Str(switchboard-service)" in block and "-> Name: switchboard.requests" in block
                   for block in "".join(rotel_process.output).split("ResourceMetrics #")):
         assert time.monotonic() < deadline, "no switchboard.requests metric reached the collector"
         time.sleep(0.1)
-    by_id = {s.span_id: s for s in spans}
-    envoy = [s for s in spans if s.service == "switchboard-envoy"]
-    assert envoy[0].parent_id == parent, "Envoy's span continues the client's trace"
-    edge = [s for s in spans if s.service == "switchboard-edge" and s.parent_id in by_id]
-    assert any(by_id[s.parent_id].service == "switchboard-envoy" for s in edge), "the edge's span is in Envoy's"
-    service = [s for s in spans if s.service == "switchboard-service" and s.parent_id in by_id]
-    assert any(by_id[s.parent_id].service == "switchboard-edge" for s in service), "the service's is in the edge's"
 
 
 # --- 2. two service replicas: a killed one is ejected and unary calls keep succeeding -------------------------
@@ -198,10 +216,13 @@ async def test_a_killed_replica_is_ejected_without_failing_unary_calls(tmp_path:
             request = responses_service_pb2.CreateResponseRequest(
                 model="fake/echo", input=responses_service_pb2.Input(text="hello"), store=False)
 
+            errors: list[str] = []
+
             async def call() -> grpc.StatusCode:
                 try:
                     reply = await stub.CreateResponse(request, metadata=tuple(AUTH.items()), timeout=10)
                 except grpc.aio.AioRpcError as error:
+                    errors.append(f"{error.code().name}: {error.details()}")
                     return error.code()
                 assert reply.output_text == "echo: hello"
                 return grpc.StatusCode.OK
@@ -228,7 +249,7 @@ async def test_a_killed_replica_is_ejected_without_failing_unary_calls(tmp_path:
     failed = [(round(at, 2), code.name) for at, code in window if code != grpc.StatusCode.OK]
     # At most the call in flight when the replica died fails; connection-refused calls are retried elsewhere.
     assert len(failed) <= 2 and all(at < 2.0 for at, _ in failed), failed
-    assert after == [grpc.StatusCode.OK] * 50, [code.name for code in after]
+    assert after == [grpc.StatusCode.OK] * 50, ([code.name for code in after], errors)
     assert flags[victim_addr] != "healthy" and ejected_after < 20, flags
 
 
@@ -281,3 +302,59 @@ def test_sigterm_drain_lets_an_in_flight_sse_stream_finish(tmp_path: Path, upstr
     assert events.count("response.output_text.delta") > 10, "the stream was in flight when SIGTERM came"
     assert code == 0, "".join(stack.process.output)[-3000:]
     assert exited_after < 30
+
+
+# --- where `switchboard serve` points Envoy's tracer ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("endpoint", "expected"), [
+    ("http://collector.observability:4317", ("collector.observability", 4317)),
+    ("http://127.0.0.1:14317/", ("127.0.0.1", 14317)),
+    ("collector:4317", ("collector", 4317)),
+    ("http://collector", ("collector", 4317)),
+    ("https://collector:4317", None),
+    ("", None),
+])
+def test_otlp_endpoint_to_envoy_collector_address(endpoint: str, expected: tuple[str, int] | None) -> None:
+    assert otlp_grpc_address(endpoint) == expected
+
+
+class _FakeEnvoy:
+    rendered: list[str] = []
+
+    def __init__(self, config_text: str) -> None:
+        _FakeEnvoy.rendered.append(config_text)
+
+    async def start(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("otel", "env", "envoy_otlp", "expected"), [
+    (False, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317"}, None, None),
+    (True, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317"}, None, ("a", 4317)),
+    (True, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "b:55680"}, None,
+     ("b", 55680)),
+    (True, {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://a:4317"}, None, None),
+    (True, {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://a:4317"}, "plain-collector:4317", ("plain-collector", 4317)),
+])
+async def test_serve_points_envoys_tracer_at_the_collector(
+        monkeypatch: pytest.MonkeyPatch, otel: bool, env: dict[str, str], envoy_otlp: str | None,
+        expected: tuple[str, int] | None) -> None:
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, text in env.items():
+        monkeypatch.setenv(name, text)
+    monkeypatch.setattr(cli, "EnvoyProcess", _FakeEnvoy)
+    # `envoy_otlp` on a stand-in for ServerConfig, so this runs whether or not config.py has the field yet.
+    server = SimpleNamespace(**{f.name: getattr(ServerConfig(), f.name) for f in dataclasses.fields(ServerConfig)})
+    server.envoy, server.envoy_grpc, server.envoy_otlp = "127.0.0.1:10000", "127.0.0.1:10001", envoy_otlp
+    config = SimpleNamespace(server=server, otel_enabled=otel)
+    _FakeEnvoy.rendered.clear()
+    await cli._start_envoy(config)
+    clusters = {c["name"]: c for c in yaml.safe_load(_FakeEnvoy.rendered[0])["static_resources"]["clusters"]}
+    if expected is None:
+        assert "otel_collector" not in clusters and "tracing" not in _FakeEnvoy.rendered[0]
+    else:
+        endpoint = clusters["otel_collector"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+        address = endpoint["endpoint"]["address"]["socket_address"]
+        assert (address["address"], address["port_value"]) == expected

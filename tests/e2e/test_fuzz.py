@@ -1,5 +1,6 @@
-"""Schema-driven fuzzing of POST /v1/responses on the running stack's edge: at least 2,000 generated bad requests,
-no 5xx, no hang, and every 4xx carries the error JSON. The larger run is `python -m bench.fuzz`."""
+"""Schema-driven fuzzing of POST /v1/responses on the running stack's edge: at least 2,000 generated bad requests
+(rejected with a 4xx), no 5xx, no hang, and every 4xx carries the error JSON. The larger run is
+`python -m bench.fuzz --requests 10000`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from tests import fuzzing
 from tests.e2e.stack import API_KEY, Stack
 
-REQUESTS = 2000
+REQUESTS = 2600  # of which at least BAD are rejected with a 4xx (the rest were valid after all)
+BAD = 2000
 TIMEOUT = 10.0  # seconds per request: longer is a hang
 
 
@@ -43,5 +45,5 @@ def test_fuzz_the_edge(stack: Stack) -> None:
     total = sum(statuses.values())
     print(f"\nfuzz: {total} requests in {elapsed:.1f} s, statuses {dict(sorted(statuses.items()))}, "
           f"slowest {slowest:.2f} s")
-    assert total >= REQUESTS
-    assert sum(n for status, n in statuses.items() if status >= 400) >= total // 2, "most bodies must be bad"
+    rejected = sum(n for status, n in statuses.items() if 400 <= status < 500)
+    assert total >= REQUESTS and rejected >= BAD, f"only {rejected} of {total} bodies were rejected"

@@ -145,6 +145,16 @@ def create(http: httpx.Client, model: str, text: str, **fields: Any) -> dict[str
     return body
 
 
+def create_streamed(http: httpx.Client, model: str, text: str, **fields: Any) -> dict[str, Any]:
+    """The final response of a streamed request."""
+    with http.stream("POST", "/v1/responses", json={"model": model, "input": text, "stream": True, **fields}) as reply:
+        assert reply.status_code == 200, reply.read()
+        events = [json.loads(line[6:]) for line in reply.iter_lines() if line.startswith("data: {")]
+    assert events[-1]["type"] == "response.completed", events[-1]
+    final: dict[str, Any] = events[-1]["response"]
+    return final
+
+
 # ---------------------------------------------------------------- sort, filters, tiers
 
 
@@ -157,15 +167,9 @@ def test_sort_by_price_takes_the_cheapest(http: httpx.Client, upstreams: dict[st
 
 
 def test_sort_object_and_streaming(http: httpx.Client, upstreams: dict[str, str], marker: str) -> None:
-    request = {"model": "llama", "input": f"{marker} stream", "stream": True,
-               "provider": {"sort": {"by": "price"}, "ignore": ["b"]}}
-    with http.stream("POST", "/v1/responses", json=request) as reply:
-        assert reply.status_code == 200
-        events = [json.loads(line[6:]) for line in reply.iter_lines() if line.startswith("data: {")]
-    final = events[-1]
-    assert final["type"] == "response.completed"
-    assert final["response"]["model"] == "llama"
-    assert final["response"]["service_tier"] == "default"
+    final = create_streamed(http, "llama", f"{marker} stream", provider={"sort": {"by": "price"}, "ignore": ["b"]})
+    assert final["model"] == "llama"
+    assert final["service_tier"] == "default"
     assert served_by(upstreams, marker) == "a"
 
 
@@ -212,26 +216,31 @@ def test_no_provider_left_is_503(http: httpx.Client, upstreams: dict[str, str], 
 # ---------------------------------------------------------------- latency
 
 
-def test_sort_by_latency_prefers_the_fast_endpoint(http: httpx.Client, upstreams: dict[str, str],
-                                                   marker: str) -> None:
+def test_sort_by_latency_and_throughput_prefer_the_fast_endpoint(http: httpx.Client, upstreams: dict[str, str],
+                                                                 marker: str) -> None:
+    # Streamed, so that the upstream streams too and the service measures a real generation time (a non-streamed
+    # upstream call has none: see the report on turns.py).
+    def lat(text: str, provider: dict[str, Any]) -> None:
+        create_streamed(http, "lat", text, provider=provider)
+
     # By price the slow endpoint wins.
-    create(http, "lat", f"{marker} price", provider={"sort": "price"})
+    lat(f"{marker} price", {"sort": "price"})
     assert hits(upstreams, marker) == {"a": ["slow-250"], "b": [], "c": []}
-    # Warm the latency stats of both endpoints.
+    # Warm the stats of both endpoints.
     for _ in range(2):
-        create(http, "lat", f"{marker} warm", provider={"only": ["lat_a"]})
-        create(http, "lat", f"{marker} warm", provider={"only": ["lat_b"]})
+        lat(f"{marker} warm", {"only": ["lat_a"]})
+        lat(f"{marker} warm", {"only": ["lat_b"]})
     fast = f"{marker}x"
     for index in range(3):
-        create(http, "lat", f"{fast} latency {index}", provider={"sort": "latency"})
+        lat(f"{fast} latency {index}", {"sort": "latency"})
     assert hits(upstreams, fast) == {"a": [], "b": ["echo"] * 3, "c": []}
     # A latency ceiling the slow endpoint cannot meet moves it behind the fast one even when sorting by price.
     slow_ceiling = f"{marker}y"
-    create(http, "lat", f"{slow_ceiling} ceiling", provider={"sort": "price", "preferred_max_latency": 0.15})
+    lat(f"{slow_ceiling} ceiling", {"sort": "price", "preferred_max_latency": 0.15})
     assert hits(upstreams, slow_ceiling) == {"a": [], "b": ["echo"], "c": []}
     # The fake slow endpoint also streams slowly (a gap between chunks): sorting by throughput avoids it too.
     throughput = f"{marker}z"
-    create(http, "lat", f"{throughput} one two three four five six", provider={"sort": "throughput"})
+    lat(f"{throughput} throughput", {"sort": "throughput"})
     assert hits(upstreams, throughput) == {"a": [], "b": ["echo"], "c": []}
 
 

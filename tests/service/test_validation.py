@@ -336,3 +336,26 @@ def test_a_schema_that_breaks_the_checker_is_a_400() -> None:
     for schema in ({"$schema": 5}, {"$schema": "http://["}, {"type": "object", "pattern": "("}):
         request = codec.decode({**BASE, "tools": [fn(parameters=schema)]}, Request)
         assert error_of(request).code == "invalid_function_parameters"
+
+
+LONG = "x" * 20_000
+
+
+@pytest.mark.parametrize("body", [
+    {"trace": {LONG: {"a": 1}}},
+    {"modalities": ["image"], "image_config": {LONG: [1]}},
+    {"models": [LONG]},
+    {"models": ["a/" + LONG, "a/" + LONG]},
+    {"plugins": [{"id": LONG}]},
+    {"tools": [fn(LONG)]},
+    {"tools": [fn("f")], "tool_choice": {"type": "function", "name": LONG}},
+    {"text": {"format": {"type": "json_schema", "name": LONG, "schema": SCHEMA}}},
+    {"text": {"format": {"type": "json_schema", "name": "n", "schema": {"$schema": LONG}}}},
+    {"tools": [fn(parameters={"type": "object", "properties": {LONG: {"type": LONG}}})]},
+    {"provider": {"sort": {"by": "price", "partition": LONG}}},
+    {"metadata": {LONG: "v"}},
+], ids=lambda body: next(iter(body)))
+def test_error_text_stays_short(body: dict[str, Any]) -> None:
+    """Client text is cut short in messages and params: gRPC carries them in trailers of bounded size."""
+    error = error_of(codec.decode({**BASE, **body}, Request))
+    assert len(error.message) + len(error.param or "") < 1500, error.message[:200]
