@@ -120,6 +120,9 @@ def write_config(path: Path, upstream: str, *, envoy: bool = True, extra: dict[s
         "providers": providers,
         "default_model": "fake/echo",
         "pricing": {"fake/echo": {"prompt": 1.0, "completion": 2.0}},
+        # A model whose only endpoint has a tiny context window, for trimming tests.
+        "routing": {"models": [{"name": "tiny-context",
+                                "endpoints": [{"provider": "fake", "model": "echo", "context_length": 300}]}]},
         "encryption_key": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
         **(extra or {}),
     }
