@@ -127,10 +127,10 @@ class TurnRunner:
 
     def prepare(self, request: Request, *, stream: bool, timeout: float | None,
                 history: list[Item] | None) -> Prepared:
-        validate(request)
         # Background jobs always run streamed; what the client asked for is the request's own `stream`.
-        check_plugins(request, stream=bool(request.stream) if request.background else stream,
-                      web_search_configured=False)
+        client_streams = bool(request.stream) if request.background else stream
+        validate(request, stream=client_streams)
+        check_plugins(request, stream=client_streams, web_search_configured=False)
         return prepare(request, self._config, stream=stream, timeout=timeout, sealer=self._sealer,
                        history=history, store_default=self._config.store_default and self._store is not None)
 

@@ -198,10 +198,10 @@ def _models(request: Request, limits: Limits) -> None:
         _fail("models", f"array too long. Expected an array with maximum length {limits.models}, but got an array "
               f"with length {len(request.models)} instead.", "array_above_max_length")
     seen: set[str] = set()
+    # Whether a name exists (a routed model, or `<provider>/<model>`) is the router's 404.
     for index, name in enumerate(request.models):
-        provider, sep, model = name.partition("/")
-        if not sep or not provider or not model:
-            _fail(f"models[{index}]", f"model {name[:100]!r} must be named '<provider>/<model>'.", "invalid_model")
+        if not name:
+            _fail(f"models[{index}]", "model names may not be empty.", "empty_string")
         if name in seen:
             _fail(f"models[{index}]", f"model {name[:100]!r} is listed twice.", "duplicate_value")
         seen.add(name)

@@ -152,8 +152,6 @@ def test_redis_limit_is_shared_by_two_processes(stacks: list[Stack], upstream: s
     assert post(stacks[0].http, KEYS["other"], f"{marker} other").status_code == 200
 
 
-@pytest.mark.xfail(reason="service/servicer.py _start checks the rate limit only after runner.start() has called "
-                          "the upstream, so a refused request still reaches (and costs) the upstream", strict=False)
 def test_refused_requests_never_reach_the_upstream(stacks: list[Stack], upstream: str) -> None:
     key, marker = KEYS["refused"], "m" + secrets.token_hex(6)
     statuses = [post(stacks[index % 2].http, key, f"{marker} {index}").status_code for index in range(RPM + 2)]
@@ -249,16 +247,12 @@ def test_in_memory_tokens_per_minute(memory_stack: Stack) -> None:
 # ---------------------------------------------------------------- paths that skip the limiter (bugs for the lead)
 
 
-@pytest.mark.xfail(reason="service/servicer.py: CreateResponse/StreamResponse with background=true go to "
-                          "self._background() before _start(), so they are never rate limited", strict=False)
 def test_background_requests_count_too(memory_stack: Stack) -> None:
     key = KEYS["background"]
     statuses = [post(memory_stack.http, key, f"bg {index}", background=True).status_code for index in range(RPM + 1)]
     assert statuses == [200] * RPM + [429]
 
 
-@pytest.mark.xfail(reason="service/servicer.py Session passes no limiter to service/session.py session(), so "
-                          "WebSocket / gRPC Session turns are never rate limited", strict=False)
 def test_session_turns_count_too(memory_stack: Stack) -> None:
     auth = (("authorization", f"Bearer {KEYS['session']}"),)
     frames = [responses_service_pb2.SessionRequest(create=responses_service_pb2.CreateResponseRequest(

@@ -61,7 +61,7 @@ ROUTING: dict[str, Any] = {
             {"provider": "cool_b", "model": "echo", "price": _price(1)},
         ]},
         # Model fallbacks: two broken models on upstream c (so their order is visible there), then one on b. Their
-        # names contain '/' because validation rejects other names in `models` (see the xfail test below).
+        # routed names may or may not contain a slash.
         {"name": "fb/broken", "endpoints": [{"provider": "fb_c", "model": "fail-500"}]},
         {"name": "fb/broken2", "endpoints": [{"provider": "fb_c", "model": "fail-429"}]},
         {"name": "fb/solo", "endpoints": [{"provider": "fb_b", "model": "echo", "tier": "scale"}]},
@@ -284,8 +284,6 @@ def test_model_fallback_order(http: httpx.Client, upstreams: dict[str, str], mar
     assert body["output_text"] == f"echo: {marker} models"
 
 
-@pytest.mark.xfail(reason="service/validation.py _models requires '<provider>/<model>' in `models`, so a routed "
-                          "model whose name has no '/' (allowed as `model`) cannot be a fallback", strict=False)
 def test_routed_model_without_slash_as_fallback(http: httpx.Client, upstreams: dict[str, str], marker: str) -> None:
     body = create(http, "fb/broken", f"{marker} slashless", models=["llama"])
     assert body["model"] == "llama"

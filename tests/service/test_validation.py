@@ -136,7 +136,7 @@ CASES = [
          {"tools": [fn("f")], "tool_choice": {"type": "allowed_tools", "mode": "none",
                                               "tools": [{"type": "function", "name": "f"}]}},
          "tool_choice.mode", "invalid_value", "'auto' or 'required'"),
-    Case("models-form", {"models": ["fake/echo", "echo"]}, "models[1]", "invalid_model", "'<provider>/<model>'"),
+    Case("models-empty", {"models": ["fake/echo", ""]}, "models[1]", "empty_string", "may not be empty"),
     Case("models-too-many", {"models": [f"fake/m{i}" for i in range(9)]}, "models", "array_above_max_length",
          "maximum length 8"),
     Case("models-duplicate", {"models": ["fake/a", "fake/b", "fake/a"]}, "models[2]", "duplicate_value",
@@ -344,7 +344,7 @@ LONG = "x" * 20_000
 @pytest.mark.parametrize("body", [
     {"trace": {LONG: {"a": 1}}},
     {"modalities": ["image"], "image_config": {LONG: [1]}},
-    {"models": [LONG]},
+    {"models": [LONG, "x", LONG]},
     {"models": ["a/" + LONG, "a/" + LONG]},
     {"plugins": [{"id": LONG}]},
     {"tools": [fn(LONG)]},
