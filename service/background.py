@@ -168,14 +168,21 @@ class BackgroundWorker:
 
     async def _end_cancelled(self, job: Job, response: response_pb2.Response) -> None:
         current = await self._store.get_response(job.owner, job.response_id)
-        if current is not None and current.response.status in TERMINAL_STATUSES:
-            # Cancelled while still queued, by the cancel call itself.
+        events = await self._store.events_after(job.response_id, -1)
+        if current is None:
+            pass
+        elif events and events[-1].WhichOneof("event") in _TERMINAL_EVENTS:
+            # Cancelled while still queued, by the cancel call itself: its snapshot wins over this worker's.
+            final = getattr(events[-1], str(events[-1].WhichOneof("event"))).response
+            if current.response.status != final.status:
+                await self._store.update_status(job.owner, job.response_id, final)
+        elif current.response.status in TERMINAL_STATUSES:
             await self._persist_terminal(job.response_id, current.response)
-        elif current is not None:
-            engine = TurnEngine(response, first_sequence=await self._last_sequence(job.response_id) + 1)
-            events = engine.cancel()
+        else:
+            engine = TurnEngine(response, first_sequence=events[-1].sequence_number + 1 if events else 2)
+            cancelled = engine.cancel()
             await self._store.update_status(job.owner, job.response_id, engine.response)
-            await self._store.append_events(job.response_id, events)
+            await self._store.append_events(job.response_id, cancelled)
         await self._store.finish_job(job.id, job.worker_id)
 
     async def _last_sequence(self, response_id: str) -> int:

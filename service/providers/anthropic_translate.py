@@ -31,8 +31,9 @@ from service.providers.base import (
     UsageDelta,
     message_text,
 )
-from service.providers.chat_translate import protocol_error, struct_to_dict
 from service.providers.chat_translate import status_error as _chat_status_error
+from service.providers.chat_translate import struct_to_dict
+from service.providers.http import protocol_error
 from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
 
 JSON = dict[str, Any]
@@ -391,13 +392,3 @@ def status_error(status: int, body: bytes, headers: Any) -> ApiError:
         return UpstreamError(err.message, upstream_status=status, code="context_length_exceeded", retryable=True,
                              status=grpc.StatusCode.INVALID_ARGUMENT)
     return err
-
-
-def loads(data: bytes | str) -> JSON:
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise protocol_error("the upstream sent malformed JSON") from None
-    if type(value) is not dict:
-        raise protocol_error("the upstream sent JSON that is not an object")
-    return value

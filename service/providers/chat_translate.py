@@ -29,6 +29,7 @@ from service.providers.base import (
     UsageDelta,
     message_text,
 )
+from service.providers.http import protocol_error
 from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
 
 JSON = dict[str, Any]
@@ -377,15 +378,6 @@ def parse_completion(data: Any) -> list[Delta]:
 
 
 # ---------------------------------------------------------------- errors
-
-
-def protocol_error(message: str) -> UpstreamError:
-    return UpstreamError(message, code="upstream_protocol_error", retryable=False)
-
-
-def interrupted() -> UpstreamError:
-    return UpstreamError("the upstream stream ended before the response was complete",
-                         code="upstream_stream_interrupted", retryable=False)
 
 
 def _error_message(data: Any) -> tuple[str, str]:

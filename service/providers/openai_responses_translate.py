@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import grpc
-import orjson
 
 from service.errors import UpstreamError, invalid
 from service.providers.base import (
@@ -27,7 +26,8 @@ from service.providers.base import (
     Turn,
     UsageDelta,
 )
-from service.providers.chat_translate import interrupted, protocol_error, struct_to_dict
+from service.providers.chat_translate import struct_to_dict
+from service.providers.http import interrupted, loads, protocol_error
 from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
 
 JSON = dict[str, Any]
@@ -344,6 +344,10 @@ class EventStream:
             ordinal = self._calls[output_index] = len(self._calls)
         return ordinal
 
+    def feed_sse(self, event: str, data: str) -> list[Delta]:
+        # Open Responses servers end with [DONE]; OpenAI just closes after the terminal event.
+        return self.feed(loads(data)) if data and data != "[DONE]" else []
+
     def feed(self, event: JSON) -> list[Delta]:
         kind = event.get("type")
         delta = event.get("delta")
@@ -396,9 +400,10 @@ class EventStream:
         # created/in_progress, part and *.done events, and custom events carry nothing new.
         return []
 
-    def end(self) -> None:
+    def end(self) -> list[Delta]:
         if not self.done:
             raise interrupted()
+        return []
 
 
 # ---------------------------------------------------------------- errors
@@ -423,13 +428,3 @@ def failed_error(response: JSON) -> UpstreamError:
 def error_event(event: JSON) -> UpstreamError:
     # The spec nests {type, code, message, param} under "error"; OpenAI puts them on the event itself.
     return _error(event.get("error") if isinstance(event.get("error"), dict) else event)
-
-
-def loads(data: bytes | str) -> JSON:
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise protocol_error("the upstream sent malformed JSON") from None
-    if type(value) is not dict:
-        raise protocol_error("the upstream sent JSON that is not an object")
-    return value
