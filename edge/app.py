@@ -106,7 +106,7 @@ class Edge:
         _annotate_span(parsed, request)
         metadata = self.metadata(request)
         if parsed.stream:
-            return await self.sse(self.stub.StreamResponse(parsed, metadata=metadata))
+            return await self.sse(self.stub.StreamResponseBatched(parsed, metadata=metadata), batched=True)
         return await self.unary(self.stub.CreateResponse(parsed, metadata=metadata, timeout=self.request_timeout))
 
     async def unary(self, call: Any) -> Response:
@@ -118,8 +118,9 @@ class Edge:
             return await self._error(call, exc)
         return Response(codec.dumps(reply), media_type=_JSON, headers=headers)
 
-    async def sse(self, call: Any) -> Response:
-        """An SSE response from a server-streaming gRPC call. Errors before the first event keep their status."""
+    async def sse(self, call: Any, *, batched: bool = False, empty_ok: bool = False) -> Response:
+        """An SSE response from a server-streaming gRPC call of events (or of event batches). Errors before the
+        first event keep their HTTP status; later ones become `error` + `response.failed`."""
         try:
             first = await call.read()
             headers = _response_headers(await call.initial_metadata())
@@ -128,19 +129,25 @@ class Edge:
         except BaseException:
             call.cancel()
             raise
-        if first is grpc.aio.EOF:
+        if first is grpc.aio.EOF and not empty_ok:
             return error_response(HttpError(502, "server_error", "The service ended the stream without events.",
                                             code="empty_stream"))
 
         async def events() -> AsyncIterator[bytes]:
             tracker = StreamTracker()
             try:
-                event: Any = first
-                while event is not grpc.aio.EOF:
-                    tracker.see(event)
-                    yield frame(event)
-                    event = await call.read()
-                if not tracker.terminal:
+                message: Any = first
+                while message is not grpc.aio.EOF:
+                    chunk = []
+                    for event in message.events if batched else (message,):
+                        tracker.see(event)
+                        chunk.append(frame(event))
+                    # One write per batch: what the service sent together goes out together.
+                    yield b"".join(chunk)
+                    message = await call.read()
+                if empty_ok and first is grpc.aio.EOF:
+                    pass
+                elif not tracker.terminal:
                     yield tracker.failure(HttpError(502, "server_error", "The stream ended without a terminal event.",
                                                     code="stream_interrupted"))
             except grpc.aio.AioRpcError as exc:

@@ -47,7 +47,8 @@ def resource_routes(edge: Edge) -> list[BaseRoute]:
             message.starting_after = starting_after
         metadata = edge.metadata(request)
         if request.query_params.get("stream", "").lower() == "true":
-            return await edge.sse(edge.stub.ResumeResponse(message, metadata=metadata))
+            # Resuming at or past the last event is an empty stream, not an error.
+            return await edge.sse(edge.stub.ResumeResponse(message, metadata=metadata), empty_ok=True)
         return await edge.unary(edge.stub.GetResponse(message, metadata=metadata, timeout=30))
 
     async def delete(request: Request) -> Response:

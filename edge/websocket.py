@@ -33,6 +33,8 @@ def websocket_endpoint(edge: Edge, limit: float = CONNECTION_LIMIT_SECONDS) -> C
         call = edge.stub.Session(metadata=edge.metadata(websocket))
 
         async def client_to_service() -> None:
+            # The service sends headers at once, or ends a refused call: either way writes are safe after.
+            await call.initial_metadata()
             while True:
                 text = await websocket.receive_text()
                 try:

@@ -52,7 +52,9 @@ async def run_service(config: Config, until: asyncio.Future[None] | None = None,
     store = open_store(config.store)
     await store.migrate()
     runner = TurnRunner(config, providers, meters, store)
-    worker = BackgroundWorker(runner, store)
+    jobs = config.background
+    worker = BackgroundWorker(runner, store, lease_seconds=jobs.lease_seconds, poll_seconds=jobs.poll_seconds,
+                              max_attempts=jobs.max_attempts, concurrency=jobs.concurrency)
     limiter = create_rate_limiter(config.rate_limits)
     server, port, health = create_server(config, runner, store=store, worker=worker, limiter=limiter)
     await server.start()

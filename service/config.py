@@ -61,6 +61,28 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True)
+class BackgroundConfig:
+    lease_seconds: float = 15.0
+    poll_seconds: float = 0.1
+    concurrency: int = 4
+    max_attempts: int = 3
+
+
+def _background(raw: Any) -> BackgroundConfig:
+    raw = raw or {}
+    unknown = set(raw) - set(BackgroundConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"background: unknown keys {sorted(unknown)}")
+    try:
+        parsed = BackgroundConfig(**{k: type(getattr(BackgroundConfig, k))(v) for k, v in raw.items()})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"background: {exc}") from None
+    if parsed.lease_seconds <= 0 or parsed.poll_seconds <= 0 or parsed.concurrency < 1 or parsed.max_attempts < 1:
+        raise ConfigError("background: values must be positive")
+    return parsed
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     api_keys: tuple[str, ...] = ()
@@ -78,6 +100,8 @@ class Config:
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)
     routing: RoutingConfig = field(default_factory=lambda: _routing_default())
     rate_limits: RateLimitConfig = field(default_factory=lambda: _rate_default())
+    # Background workers: job lease, polling interval, jobs at once, claims before a job fails.
+    background: BackgroundConfig = field(default_factory=lambda: BackgroundConfig())
     # `store` when a request does not say (OpenAI's default is true).
     store_default: bool = True
     # Stored responses are deleted this many seconds after they are saved; 0 keeps them.
@@ -178,6 +202,7 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
         prices=prices,
         store_default=bool(data.get("store_default", True)),
         routing=parse_routing(data.get("routing"), set(names)),
+        background=_background(data.get("background")),
         rate_limits=_rate_limits(data.get("rate_limits"), env),
         retention_seconds=float(data.get("retention_seconds", Config.retention_seconds)),
     )

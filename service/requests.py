@@ -179,7 +179,21 @@ def _expand(item: items_pb2.Item, param: str, sealer: Sealer | None) -> list[ite
     if sealer is None:
         raise invalid("Compaction items cannot be read here.", param, code="invalid_encrypted_content")
     sealed = sealer.open(item.compaction.encrypted_content, COMPACTION_PURPOSE, f"{param}.encrypted_content")
-    return [_for_upstream(inner, param, sealer) for inner in items_pb2.ItemList.FromString(sealed).items]
+    # A compaction of a compacted context holds compaction items itself.
+    return [x for inner in items_pb2.ItemList.FromString(sealed).items for x in _expand(inner, param, sealer)]
+
+
+def expand_compactions(items: list[items_pb2.Item], sealer: Sealer, param: str) -> list[items_pb2.Item]:
+    """Items with every compaction opened (and so verified) in place; other items unchanged."""
+    out: list[items_pb2.Item] = []
+    for index, item in enumerate(items):
+        if item.WhichOneof("item") != "compaction":
+            out.append(item)
+            continue
+        where = f"{param}[{index}].encrypted_content"
+        sealed = sealer.open(item.compaction.encrypted_content, COMPACTION_PURPOSE, where)
+        out.extend(expand_compactions(list(items_pb2.ItemList.FromString(sealed).items), sealer, param))
+    return out
 
 
 def _for_upstream(item: items_pb2.Item, param: str, sealer: Sealer | None) -> items_pb2.Item:

@@ -15,9 +15,10 @@ from service.background import TERMINAL_STATUSES, BackgroundWorker, tail
 from service.engine import TurnEngine, new_id
 from service.errors import ApiError, internal, invalid
 from service.ratelimit import RateLimiter, headers, rejected
-from service.requests import COMPACTION_PURPOSE, input_items
+from service.requests import COMPACTION_PURPOSE, expand_compactions, input_items
 from service.session import session
 from service.store import Store, StoredResponse
+from service.streams import batches
 from service.turns import Started, TurnRunner
 from switchboard.responses.v1 import (
     events_pb2,
@@ -136,6 +137,16 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
 
     async def StreamResponse(self, request: pb.CreateResponseRequest,  # noqa: N802 (gRPC method name)
                              context: Context) -> AsyncIterator[events_pb2.StreamEvent]:
+        async for event in self._events(request, context):
+            yield event
+
+    async def StreamResponseBatched(self, request: pb.CreateResponseRequest,  # noqa: N802 (gRPC method name)
+                                    context: Context) -> AsyncIterator[pb.StreamEventBatch]:
+        async for batch in batches(self._events(request, context)):
+            yield pb.StreamEventBatch(events=batch)
+
+    async def _events(self, request: pb.CreateResponseRequest,
+                      context: Context) -> AsyncIterator[events_pb2.StreamEvent]:
         try:
             if request.background:
                 # The job runs in a worker; this stream follows its persisted events.
@@ -257,8 +268,10 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
             if request.previous_response_id:
                 history = await self._runner.history(owner, request.previous_response_id)
             inputs = input_items(pb.CreateResponseRequest(input=request.input)) if request.HasField("input") else []
+            # Compactions inside are opened now: a forged one is refused here, not on a later turn.
+            context_items = expand_compactions(history + inputs, self._runner.sealer, "input")
             # Lossless: the whole context, sealed with the server key; sending the item back restores it.
-            sealed = self._runner.sealer.seal(items_pb2.ItemList(items=history + inputs).SerializeToString(),
+            sealed = self._runner.sealer.seal(items_pb2.ItemList(items=context_items).SerializeToString(),
                                               COMPACTION_PURPOSE)
             item = items_pb2.Item(compaction=items_pb2.CompactionItem(id=new_id("cmp"), encrypted_content=sealed,
                                                                        created_by="switchboard"))
@@ -273,6 +286,8 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
                       context: Context) -> AsyncIterator[pb.SessionEvent]:
         metadata = tuple(context.invocation_metadata() or ())
         owner = self._owner(context)
+        # Headers first: the edge waits for them before writing, so a refused call reports its real status.
+        await context.send_initial_metadata(())
 
         async def admit(request: pb.CreateResponseRequest) -> None:
             await self._admit(request, owner, None)

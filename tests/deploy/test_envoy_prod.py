@@ -71,30 +71,79 @@ _SERVICE = re.compile(r"^\s+-> service\.name: Str\((.*)\)$")
 
 def parse_rotel_spans(lines: list[str]) -> list[LoggedSpan]:
     """Spans from rotel's `--debug-log traces --debug-log-verbosity detailed` output (the OpenTelemetry
-    Collector's debug exporter format): `ResourceSpans #n`, its resource attributes, then `Span #n` blocks."""
+    Collector's debug exporter format): `ResourceSpans #n`, its resource attributes, then `Span #n` blocks.
+    Metric blocks (`ResourceMetrics #n`, from `--debug-log metrics`) come in between and are skipped."""
     spans: list[LoggedSpan] = []
     service = ""
+    in_spans = False
     fields: dict[str, str] = {}
 
     def flush() -> None:
-        if "Trace ID" in fields and "ID" in fields:
+        if in_spans and "Trace ID" in fields and "ID" in fields:
             spans.append(LoggedSpan(service, fields.get("Name", ""), fields["Trace ID"], fields.get("Parent ID", ""),
                                     fields["ID"]))
         fields.clear()
 
     for raw in lines:
         line = raw.rstrip("\n")
-        if line.startswith("ResourceSpans #"):
-            flush()
-            service = ""
+        if line.startswith("Resource"):  # ResourceSpans / ResourceMetrics / ResourceLogs #n and their headers
+            if line.startswith(("ResourceSpans #", "ResourceMetrics #", "ResourceLogs #")):
+                flush()
+                in_spans, service = line.startswith("ResourceSpans #"), ""
         elif line.startswith("Span #"):
             flush()
-        elif match := _SERVICE.match(line):
+        elif in_spans and not fields and (match := _SERVICE.match(line)):
             service = match.group(1)
-        elif match := _FIELD.match(line):
+        elif in_spans and (match := _FIELD.match(line)):
             fields[match.group(1)] = match.group(2).strip()
     flush()
     return spans
+
+
+_ROTEL_SAMPLE = """\
+ResourceSpans #0
+Resource SchemaURL: 
+Resource attributes:
+     -> service.name: Str(switchboard-envoy)
+     -> telemetry.sdk.language: Str(cpp)
+ScopeSpans #0
+InstrumentationScope envoy 1.40.0
+Span #0
+    Trace ID       : 0af7651916cd43dd8448eb211c80319c
+    Parent ID      : b7ad6b7169203331
+    ID             : d794a620fa9b49f2
+    Name           : ingress
+    Kind           : SPAN_KIND_SERVER
+Attributes:
+     -> node_id: Str(switchboard-envoy)
+ResourceMetrics #0
+Resource attributes:
+     -> service.name: Str(switchboard-service)
+Metric #0
+Descriptor:
+     -> Name: switchboard.requests
+Exemplar #0
+     -> Trace ID: 0af7651916cd43dd8448eb211c80319c
+ResourceSpans #0
+Resource attributes:
+     -> service.name: Str(switchboard-edge)
+Span #0
+    Trace ID       : 0af7651916cd43dd8448eb211c80319c
+    Parent ID      : d794a620fa9b49f2
+    ID             : 90bde32040c5e94a
+    Name           : POST /v1/responses
+"""
+
+
+def test_rotel_debug_log_parser_keeps_each_span_with_its_resource() -> None:
+    spans = parse_rotel_spans(_ROTEL_SAMPLE.splitlines(keepends=True))
+    assert spans == [
+        LoggedSpan("switchboard-envoy", "ingress", "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331",
+                   "d794a620fa9b49f2"),
+        LoggedSpan("switchboard-edge", "POST /v1/responses", "0af7651916cd43dd8448eb211c80319c", "d794a620fa9b49f2",
+                   "90bde32040c5e94a"),
+    ]
+    assert trace_problems(spans, "b7ad6b7169203331") == ["no service span is a child of the edge's"]
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +288,16 @@ async def test_a_killed_replica_is_ejected_without_failing_unary_calls(tmp_path:
                 assert time.monotonic() - killed_at < 20, "the killed replica was never ejected"
                 window.append((time.monotonic() - killed_at, await call()))
             ejected_after = time.monotonic() - killed_at
-            after = [await call() for _ in range(50)]
+            after = []
+            trail = []
+            for _ in range(50):
+                after.append(await call())
+                trail.append((round(time.monotonic() - killed_at, 3), after[-1].name, (await host_flags(envoy.admin_url, "service")).get(victim_addr)))
+            if any(c != grpc.StatusCode.OK for c in after):
+                print("DEBUGTRAIL", ejected_after, trail)
+                async with httpx.AsyncClient() as cl:
+                    print("DEBUGSTATS", (await cl.get(f"{envoy.admin_url}/stats", params={"filter": "cluster.service.(outlier|health_check|upstream_cx_connect_fail|upstream_rq_retry|lb_healthy_panic)"})).text)
+                    print("DEBUGCLUSTERS", (await cl.get(f"{envoy.admin_url}/clusters")).text)
         flags = await host_flags(envoy.admin_url, "service")
     finally:
         if envoy is not None:

@@ -30,9 +30,9 @@ pytestmark = pytest.mark.timeout(90)
 AUTH = (("authorization", f"Bearer {API_KEY}"),)
 QUEUED, IN_PROGRESS = response_pb2.RESPONSE_STATUS_QUEUED, response_pb2.RESPONSE_STATUS_IN_PROGRESS
 COMPLETED, FAILED = response_pb2.RESPONSE_STATUS_COMPLETED, response_pb2.RESPONSE_STATUS_FAILED
-# The lease the service's worker takes on a job (BackgroundWorker's default; `switchboard service` does not
-# configure it): a killed replica's jobs are claimed again after it.
-LEASE_SECONDS = 15.0
+# The lease the service's worker takes on a job (config `background.lease_seconds`): a killed replica's jobs are
+# claimed again after it.
+LEASE_SECONDS = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,7 @@ class Replica:
             "store": database,
             "providers": [{"name": "fake", "kind": "openai-chat", "base_url": f"{self.upstream}/v1"}],
             "default_model": "fake/echo",
+            "background": {"lease_seconds": LEASE_SECONDS, "poll_seconds": 0.1},
         }
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "service.yaml").write_text(yaml.safe_dump(config))
@@ -172,7 +173,7 @@ def test_a_killed_replica_leaves_no_job_stuck(tmp_path: Path, database: str) -> 
     first = Replica(tmp_path / "a", database)
     second: Replica | None = None
     try:
-        words = " ".join(f"w{i}" for i in range(60))
+        words = " ".join(f"w{i}" for i in range(150))  # streams for ~5 s
         streaming = [first.submit(f"job {n} {words}", "fake/slow-300") for n in range(2)]
         waiting = [first.submit(f"job {n}", "fake/slow-3000") for n in range(2, 4)]
         ids = streaming + waiting
@@ -187,7 +188,7 @@ def test_a_killed_replica_leaves_no_job_stuck(tmp_path: Path, database: str) -> 
         assert len(job_rows(database)) == 4
         first.kill()
         killed_at = time.monotonic()
-        assert {first_seen for first_seen in first.jobs_seen()} == {0, 1, 2, 3}
+        assert set(first.jobs_seen()) == {0, 1, 2, 3}
 
         second = Replica(tmp_path / "b", database)
         # Nothing happens before A's leases expire; then B takes over. Bounded: lease + a run of slow-3000.

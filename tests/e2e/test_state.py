@@ -480,8 +480,6 @@ def test_compaction_errors(http: httpx.Client) -> None:
         assert_error(reply, 400, "invalid_encrypted_content", "input[0].encrypted_content")
 
 
-@pytest.mark.xfail(strict=True, reason="bug for the lead: CompactResponse seals its input without opening compaction "
-                                       "items, so a tampered one is accepted (servicer.py)")
 def test_compaction_rejects_a_tampered_item_at_once(http: httpx.Client) -> None:
     item = http.post("/v1/responses/compact", json={"model": "fake/echo", "input": "secret"}).json()["output"][0]
     bad = {**item, "encrypted_content": item["encrypted_content"][:-8]}
@@ -489,8 +487,6 @@ def test_compaction_rejects_a_tampered_item_at_once(http: httpx.Client) -> None:
     assert_error(reply, 400, "invalid_encrypted_content")
 
 
-@pytest.mark.xfail(strict=True, reason="bug for the lead: requests._expand does not expand a compaction item inside "
-                                       "a compaction, so compacting twice loses the context (requests.py)")
 def test_compacting_a_compacted_context(http: httpx.Client, stack: Stack) -> None:
     mark = marker("twice")
     once = http.post("/v1/responses/compact", json={"model": "fake/echo", "input": f"d1 {mark}"}).json()["output"]

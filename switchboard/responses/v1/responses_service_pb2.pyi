@@ -165,6 +165,30 @@ PROVIDER_SORT_BY_LATENCY: ProviderSortBy.ValueType  # 3
 Global___ProviderSortBy: _TypeAlias = ProviderSortBy  # noqa: Y015
 
 @_typing.final
+class StreamEventBatch(_message.Message):
+    """Events of one stream, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.StreamEvent]:
+        """Required. At least one event."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_events_pb2.StreamEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamEventBatch: _TypeAlias = StreamEventBatch  # noqa: Y015
+
+@_typing.final
 class GetResponseRequest(_message.Message):
     """A request for a stored response."""
 

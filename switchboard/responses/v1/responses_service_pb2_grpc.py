@@ -47,6 +47,11 @@ class ResponsesStub:
                 request_serializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.CreateResponseRequest.SerializeToString,
                 response_deserializer=switchboard_dot_responses_dot_v1_dot_events__pb2.StreamEvent.FromString,
                 _registered_method=True)
+        self.StreamResponseBatched = channel.unary_stream(
+                '/switchboard.responses.v1.Responses/StreamResponseBatched',
+                request_serializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.CreateResponseRequest.SerializeToString,
+                response_deserializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.StreamEventBatch.FromString,
+                _registered_method=True)
         self.GetResponse = channel.unary_unary(
                 '/switchboard.responses.v1.Responses/GetResponse',
                 request_serializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.GetResponseRequest.SerializeToString,
@@ -97,6 +102,14 @@ class ResponsesServicer:
 
     def StreamResponse(self, request, context):
         """Creates a response and streams its events (`stream: true` over HTTP, served as SSE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamResponseBatched(self, request, context):
+        """Streams the same events as StreamResponse, in batches of the events ready at each moment: fewer, larger
+        messages for a fast upstream. The HTTP edge uses it for SSE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -163,6 +176,11 @@ def add_ResponsesServicer_to_server(servicer, server):
                     servicer.StreamResponse,
                     request_deserializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.CreateResponseRequest.FromString,
                     response_serializer=switchboard_dot_responses_dot_v1_dot_events__pb2.StreamEvent.SerializeToString,
+            ),
+            'StreamResponseBatched': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamResponseBatched,
+                    request_deserializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.CreateResponseRequest.FromString,
+                    response_serializer=switchboard_dot_responses_dot_v1_dot_responses__service__pb2.StreamEventBatch.SerializeToString,
             ),
             'GetResponse': grpc.unary_unary_rpc_method_handler(
                     servicer.GetResponse,
@@ -255,6 +273,33 @@ class Responses:
             '/switchboard.responses.v1.Responses/StreamResponse',
             switchboard_dot_responses_dot_v1_dot_responses__service__pb2.CreateResponseRequest.SerializeToString,
             switchboard_dot_responses_dot_v1_dot_events__pb2.StreamEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamResponseBatched(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/switchboard.responses.v1.Responses/StreamResponseBatched',
+            switchboard_dot_responses_dot_v1_dot_responses__service__pb2.CreateResponseRequest.SerializeToString,
+            switchboard_dot_responses_dot_v1_dot_responses__service__pb2.StreamEventBatch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,10 @@ class ResponsesStub:
     """Creates a response and returns it when it is finished."""
     StreamResponse: _grpc.UnaryStreamMultiCallable[_responses_service_pb2.CreateResponseRequest, _events_pb2.StreamEvent]
     """Creates a response and streams its events (`stream: true` over HTTP, served as SSE)."""
+    StreamResponseBatched: _grpc.UnaryStreamMultiCallable[_responses_service_pb2.CreateResponseRequest, _responses_service_pb2.StreamEventBatch]
+    """Streams the same events as StreamResponse, in batches of the events ready at each moment: fewer, larger
+    messages for a fast upstream. The HTTP edge uses it for SSE.
+    """
     GetResponse: _grpc.UnaryUnaryMultiCallable[_responses_service_pb2.GetResponseRequest, _response_pb2.Response]
     """Returns a stored response."""
     ResumeResponse: _grpc.UnaryStreamMultiCallable[_responses_service_pb2.GetResponseRequest, _events_pb2.StreamEvent]
@@ -63,6 +67,10 @@ class ResponsesAsyncStub(ResponsesStub):
     """Creates a response and returns it when it is finished."""
     StreamResponse: _aio.UnaryStreamMultiCallable[_responses_service_pb2.CreateResponseRequest, _events_pb2.StreamEvent]  # type: ignore[assignment]
     """Creates a response and streams its events (`stream: true` over HTTP, served as SSE)."""
+    StreamResponseBatched: _aio.UnaryStreamMultiCallable[_responses_service_pb2.CreateResponseRequest, _responses_service_pb2.StreamEventBatch]  # type: ignore[assignment]
+    """Streams the same events as StreamResponse, in batches of the events ready at each moment: fewer, larger
+    messages for a fast upstream. The HTTP edge uses it for SSE.
+    """
     GetResponse: _aio.UnaryUnaryMultiCallable[_responses_service_pb2.GetResponseRequest, _response_pb2.Response]  # type: ignore[assignment]
     """Returns a stored response."""
     ResumeResponse: _aio.UnaryStreamMultiCallable[_responses_service_pb2.GetResponseRequest, _events_pb2.StreamEvent]  # type: ignore[assignment]
@@ -96,6 +104,16 @@ class ResponsesServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_events_pb2.StreamEvent], _abc.AsyncIterator[_events_pb2.StreamEvent]]:
         """Creates a response and streams its events (`stream: true` over HTTP, served as SSE)."""
+
+    @_abc_1.abstractmethod
+    def StreamResponseBatched(
+        self,
+        request: _responses_service_pb2.CreateResponseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_responses_service_pb2.StreamEventBatch], _abc.AsyncIterator[_responses_service_pb2.StreamEventBatch]]:
+        """Streams the same events as StreamResponse, in batches of the events ready at each moment: fewer, larger
+        messages for a fast upstream. The HTTP edge uses it for SSE.
+        """
 
     @_abc_1.abstractmethod
     def GetResponse(
