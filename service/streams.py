@@ -15,7 +15,7 @@ class _End:
         self.error = error
 
 
-async def batches(source: AsyncIterator[T], limit: int = 512) -> AsyncIterator[list[T]]:
+async def batches(source: AsyncIterator[T], limit: int = 256) -> AsyncIterator[list[T]]:
     """Runs ``source`` in its own task and yields lists of its items: an idle consumer gets each item at
     once (no added latency), a busy one gets everything that piled up meanwhile (fewer, larger messages)."""
     queue: asyncio.Queue[T | _End] = asyncio.Queue()
@@ -24,6 +24,9 @@ async def batches(source: AsyncIterator[T], limit: int = 512) -> AsyncIterator[l
         try:
             async for item in source:
                 queue.put_nowait(item)
+                if queue.qsize() == 1:
+                    # The consumer is waiting: let it send this at once instead of after a whole upstream chunk.
+                    await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except BaseException as error:  # handed to the consumer, which re-raises it
