@@ -169,8 +169,10 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
     if len(set(names)) != len(names):
         raise ConfigError("providers: names must be unique")
     default_model = data.get("default_model")
-    if default_model is not None and str(default_model).split("/", 1)[0] not in names:
-        raise ConfigError(f"default_model: no provider named {str(default_model).split('/', 1)[0]!r}")
+    routed = {m.get("name") for m in ((data.get("routing") or {}).get("models") or []) if isinstance(m, dict)}
+    if default_model is not None and default_model not in routed and str(default_model).split("/", 1)[0] not in names:
+        raise ConfigError(f"default_model: {default_model!r} is neither a routed model nor '<provider>/<model>' "
+                          "with a configured provider")
     tools = data.get("unsupported_tools", "omit")
     if tools not in ("omit", "reject"):
         raise ConfigError("unsupported_tools: 'omit' or 'reject'")
