@@ -140,9 +140,6 @@ async def serve_all(config: Config, config_path: Path) -> None:
 
 
 async def _start_envoy(config: Config) -> EnvoyProcess:
-    # Local imports: this function is the only part of this module that needs them.
-    import os
-
     from service.envoy import otlp_grpc_address
 
     server = config.server
@@ -150,13 +147,11 @@ async def _start_envoy(config: Config) -> EnvoyProcess:
     # Envoy traces when Switchboard does (an OTLP endpoint is configured): to `server.envoy_otlp` when set, else
     # to the same OTLP/gRPC collector as the service and the edge.
     collector: tuple[str, int] | None = None
-    envoy_otlp: str | None = getattr(server, "envoy_otlp", None)
     if config.otel_enabled:
-        if envoy_otlp:
-            collector = parse_address(envoy_otlp, "server.envoy_otlp")
+        if server.envoy_otlp:
+            collector = parse_address(server.envoy_otlp, "server.envoy_otlp")
         else:
-            endpoint = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "")
+            endpoint = config.otlp_endpoint or ""
             collector = otlp_grpc_address(endpoint)
             if collector is None and endpoint:
                 log.warning("Envoy does not trace: it cannot export to %s (plaintext OTLP/gRPC only); "

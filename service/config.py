@@ -48,6 +48,8 @@ class ServerConfig:
     request_timeout: float = 600.0
     # Prometheus scrape endpoint of the service (OpenTelemetry metrics); unset = off.
     metrics: str | None = None
+    # Where Envoy sends its spans (OTLP/gRPC HOST:PORT); defaults to the OTEL_EXPORTER_OTLP_* endpoint.
+    envoy_otlp: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ class Config:
     # Whether gen_ai spans may record prompt and completion text.
     record_content: bool = False
     otel_enabled: bool = False
+    # The OTLP traces endpoint from OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT (Envoy exports there too).
+    otlp_endpoint: str | None = None
     # 32-byte key for encrypted reasoning and compactions; a random per-process key when unset.
     encryption_key: bytes | None = None
     # USD per million tokens by model name: {"prompt": .., "completion": ..}.
@@ -153,7 +157,7 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
         path = Path(server_raw["envoy_config"])
         server_raw["envoy_config"] = path if path.is_absolute() else (base_dir or Path.cwd()) / path
     server = ServerConfig(**server_raw)
-    for key in ("grpc", "http", "envoy", "envoy_grpc", "envoy_admin", "metrics"):
+    for key in ("grpc", "http", "envoy", "envoy_grpc", "envoy_admin", "metrics", "envoy_otlp"):
         value = getattr(server, key)
         if value is not None:
             parse_address(value, f"server.{key}")
@@ -200,6 +204,7 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
         unsupported_tools=tools,
         record_content=bool(data.get("record_content", False)),
         otel_enabled=otel and env.get("OTEL_SDK_DISABLED", "").lower() != "true",
+        otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
         encryption_key=sealing_key,
         prices=prices,
         store_default=bool(data.get("store_default", True)),

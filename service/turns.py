@@ -172,8 +172,12 @@ class TurnRunner:
         trimming = "context-compression" in plugins or request.truncation == response_pb2.TRUNCATION_AUTO
         attempts = self.plan(request, prepared, metadata, trimming=trimming)
 
+        tried: list[Attempt] = []
+
         async def attempt_call(attempt: Attempt) -> tuple[AsyncGenerator[Delta, None], Delta | None, Span]:
+            tried.append(attempt)
             endpoint = attempt.endpoint
+            attempt_started = time.monotonic()
             turn = dataclasses.replace(prepared.turn, model=endpoint.model)
             if trimming and endpoint.context_length:
                 trim = compress if "context-compression" in plugins else truncate_oldest
@@ -189,14 +193,17 @@ class TurnRunner:
             except BaseException as error:
                 await deltas.aclose()
                 self._attempt_failed(span, attempt, error)
+                self._metrics.upstream_duration.record(time.monotonic() - attempt_started,
+                                                       {"provider": endpoint.provider, "outcome": "error"})
                 raise
             return deltas, first, span
 
         try:
             attempt, (deltas, first, span) = await self.router.run(attempts, attempt_call)
         except ApiError as error:
+            provider = tried[-1].endpoint.provider if tried else ""
             self._metrics.requests.add(1, {"route": "responses", "status": error.status.name,
-                                           "model": prepared.model, "provider": ""})
+                                           "model": prepared.model, "provider": provider})
             raise
         response = prepared.response
         response.model = attempt.model_name
@@ -306,7 +313,9 @@ class TurnRunner:
         elapsed = time.monotonic() - started.started_at
         self._metrics.requests.add(1, {"route": "responses", "status": status, **labels})
         self._metrics.duration.record(elapsed, labels)
-        self._metrics.upstream_duration.record(elapsed, labels)
+        # The answering attempt: from the start of the turn to its last upstream delta.
+        last = max(started.last_at, started.first_at)
+        self._metrics.upstream_duration.record(last - started.started_at, {**labels, "outcome": "ok"})
         usage = response.usage
         self._metrics.tokens.record(usage.input_tokens, {**labels, "gen_ai.token.type": "input"})
         self._metrics.tokens.record(usage.output_tokens, {**labels, "gen_ai.token.type": "output"})
@@ -316,7 +325,6 @@ class TurnRunner:
         span.set_attribute("gen_ai.response.model", started.attempt.endpoint.model)
         if response.status != response_pb2.RESPONSE_STATUS_FAILED:
             # Throughput needs a streamed upstream call: unary upstream calls deliver everything at once.
-            last = max(started.last_at, started.first_at)
             self.router.record_success(started.attempt.endpoint, ttfb=started.first_at - started.started_at,
                                        tokens=usage.output_tokens if started.stream else 0,
                                        duration=last - started.started_at)

@@ -139,7 +139,11 @@ def start_stack(tmp: Path, upstream: str, *, env: dict[str, str] | None = None, 
                          more_upstreams=more_upstreams, server=server)
     process = Process([sys.executable, "-m", "service.cli", "serve", "--config", str(config_path)],
                       env=env, name="switchboard serve")
-    process.wait_for("switchboard: ready", timeout=120)
+    try:
+        process.wait_for("switchboard: ready", timeout=120)
+    except BaseException:
+        process.stop()
+        raise
     return Stack(
         process=process, config_path=config_path, grpc=ports["grpc"], http=f"http://{ports['http']}",
         envoy=f"http://{ports['envoy']}" if envoy else None, upstream=upstream,
