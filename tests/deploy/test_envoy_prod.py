@@ -4,7 +4,6 @@ tracing into a real OTLP collector (rotel), ejection of a killed service replica
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 import secrets
 import signal
@@ -15,7 +14,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import grpc
 import httpx
@@ -25,7 +23,7 @@ import rotel
 import yaml
 
 from service import cli
-from service.config import ServerConfig
+from service.config import from_dict
 from service.envoy import EnvoyAddresses, EnvoyProcess, otlp_grpc_address, render_config
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
 from tests.e2e.stack import API_KEY, Process, free_port, start_stack, start_upstream, write_config
@@ -392,26 +390,21 @@ class _FakeEnvoy:
         pass
 
 
-@pytest.mark.parametrize(("otel", "env", "envoy_otlp", "expected"), [
-    (False, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317"}, None, None),
-    (True, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317"}, None, ("a", 4317)),
-    (True, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "b:55680"}, None,
+@pytest.mark.parametrize(("env", "envoy_otlp", "expected"), [
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317", "OTEL_SDK_DISABLED": "true"}, None, None),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317"}, None, ("a", 4317)),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "b:55680"}, None,
      ("b", 55680)),
-    (True, {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://a:4317"}, None, None),
-    (True, {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://a:4317"}, "plain-collector:4317", ("plain-collector", 4317)),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://a:4317"}, None, None),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://a:4317"}, "plain-collector:4317", ("plain-collector", 4317)),
 ])
 async def test_serve_points_envoys_tracer_at_the_collector(
-        monkeypatch: pytest.MonkeyPatch, otel: bool, env: dict[str, str], envoy_otlp: str | None,
+        monkeypatch: pytest.MonkeyPatch, env: dict[str, str], envoy_otlp: str | None,
         expected: tuple[str, int] | None) -> None:
-    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
-    for name, text in env.items():
-        monkeypatch.setenv(name, text)
     monkeypatch.setattr(cli, "EnvoyProcess", _FakeEnvoy)
-    # `envoy_otlp` on a stand-in for ServerConfig, so this runs whether or not config.py has the field yet.
-    server = SimpleNamespace(**{f.name: getattr(ServerConfig(), f.name) for f in dataclasses.fields(ServerConfig)})
-    server.envoy, server.envoy_grpc, server.envoy_otlp = "127.0.0.1:10000", "127.0.0.1:10001", envoy_otlp
-    config = SimpleNamespace(server=server, otel_enabled=otel)
+    server = {"envoy": "127.0.0.1:10000", "envoy_grpc": "127.0.0.1:10001",
+              **({"envoy_otlp": envoy_otlp} if envoy_otlp else {})}
+    config = from_dict({"server": server}, env=env)
     _FakeEnvoy.rendered.clear()
     await cli._start_envoy(config)
     clusters = {c["name"]: c for c in yaml.safe_load(_FakeEnvoy.rendered[0])["static_resources"]["clusters"]}
