@@ -44,7 +44,7 @@ async def _stop_signal() -> None:
 
 async def run_service(config: Config, until: asyncio.Future[None] | None = None,
                       ready: asyncio.Event | None = None) -> None:
-    telemetry.setup("switchboard-service", enabled=config.otel_enabled, grpc_server=True, httpx_client=True)
+    telemetry.setup("switchboard-service", enabled=config.otel_enabled, grpc_server=True, http_client=True)
     meters = metrics.setup("switchboard-service", otlp=config.otel_enabled,
                            prometheus=parse_address(config.server.metrics, "server.metrics")
                            if config.server.metrics else None)

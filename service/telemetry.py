@@ -17,7 +17,7 @@ _configured = False
 
 
 def setup(service_name: str, *, enabled: bool, grpc_server: bool = False, grpc_client: bool = False,
-          httpx_client: bool = False) -> None:
+          http_client: bool = False) -> None:
     """Installs the SDK with an OTLP exporter and instruments the libraries; a no-op when disabled."""
     global _configured
     if not enabled or _configured:
@@ -35,10 +35,10 @@ def setup(service_name: str, *, enabled: bool, grpc_server: bool = False, grpc_c
         from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
 
         GrpcAioInstrumentorClient().instrument()  # type: ignore[no-untyped-call]
-    if httpx_client:
-        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    if http_client:
+        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
 
-        HTTPXClientInstrumentor().instrument()
+        AioHttpClientInstrumentor().instrument()
     _configured = True
 
 
