@@ -36,6 +36,10 @@ OMITTED_TOOLS_HEADER = "x-switchboard-omitted-tools"
 T = TypeVar("T")
 
 
+def _is_delta(event: events_pb2.StreamEvent) -> bool:
+    return str(event.WhichOneof("event")).endswith("_delta")
+
+
 def not_found(response_id: str) -> ApiError:
     return ApiError(grpc.StatusCode.NOT_FOUND, "not_found", f"No response found with id {response_id!r}.",
                     param="response_id")
@@ -142,7 +146,7 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
 
     async def StreamResponseBatched(self, request: pb.CreateResponseRequest,  # noqa: N802 (gRPC method name)
                                     context: Context) -> AsyncIterator[pb.StreamEventBatch]:
-        async for batch in batches(self._events(request, context)):
+        async for batch in batches(self._events(request, context), first_flush=_is_delta):
             yield pb.StreamEventBatch(events=batch)
 
     async def _events(self, request: pb.CreateResponseRequest,

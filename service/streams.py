@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+_YIELD_EVERY = 32
 
 
 class _End:
@@ -15,17 +16,27 @@ class _End:
         self.error = error
 
 
-async def batches(source: AsyncIterator[T], limit: int = 256) -> AsyncIterator[list[T]]:
-    """Runs ``source`` in its own task and yields lists of its items: an idle consumer gets each item at
-    once (no added latency), a busy one gets everything that piled up meanwhile (fewer, larger messages)."""
+async def batches(source: AsyncIterator[T], limit: int = 256,
+                  first_flush: Callable[[T], bool] | None = None) -> AsyncIterator[list[T]]:
+    """Runs ``source`` in its own task and yields lists of its items: a busy consumer gets everything that
+    piled up meanwhile (fewer, larger messages). The first item that ``first_flush`` accepts (the first
+    output delta) is handed over at once, with everything before it, instead of waiting for the producer to
+    finish a whole upstream chunk."""
     queue: asyncio.Queue[T | _End] = asyncio.Queue()
 
     async def pump() -> None:
+        waiting_for_first = first_flush is not None
+        count = 0
         try:
             async for item in source:
                 queue.put_nowait(item)
-                if queue.qsize() == 1:
-                    # The consumer is waiting: let it send this at once instead of after a whole upstream chunk.
+                count += 1
+                if waiting_for_first and first_flush is not None and first_flush(item):
+                    waiting_for_first = False
+                    await asyncio.sleep(0)
+                elif count % _YIELD_EVERY == 0:
+                    # An upstream chunk can hold hundreds of deltas that need no I/O to process: let the
+                    # consumer send what is ready instead of waiting for the whole chunk.
                     await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise

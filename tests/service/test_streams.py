@@ -37,6 +37,11 @@ async def test_an_idle_consumer_gets_items_one_by_one() -> None:
     assert sizes == [1, 1, 1, 1, 1]
 
 
+async def test_the_first_flush_item_goes_out_with_what_came_before() -> None:
+    first = [batch async for batch in batches(_items(1000), first_flush=lambda item: item == 3)][0]
+    assert first == [0, 1, 2, 3]
+
+
 async def test_errors_reach_the_consumer_after_the_items_before_them() -> None:
     seen: list[int] = []
     with pytest.raises(ValueError, match="broken upstream"):
