@@ -148,10 +148,20 @@ class TurnRunner:
         When the context may be trimmed per endpoint, no endpoint is ruled out for its context length."""
         session_key = telemetry.session_id(request, metadata) or (
             request.prompt_cache_key if request.HasField("prompt_cache_key") else None)
+        estimate = estimate_tokens(prepared.turn.items)
+        if not trimming:
+            windows = [e.context_length for name in [prepared.model, *request.models]
+                       for e in self.router.endpoints(name) if e.context_length]
+            if windows and estimate > max(windows):
+                # truncation: disabled (the default) never drops context: too long is the client's error.
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "context_length_exceeded",
+                               f"The input is about {estimate} tokens; the largest context window of the requested "
+                               f"models is {max(windows)} tokens. Shorten it, or set truncation to 'auto'.",
+                               param="input")
         return self.router.plan(
             [prepared.model, *request.models], request.provider if request.HasField("provider") else None,
             session_key=session_key or None, needed_parameters=needed_parameters(request),
-            estimated_input_tokens=0 if trimming else estimate_tokens(prepared.turn.items))
+            estimated_input_tokens=0 if trimming else estimate)
 
     async def start(self, request: Request, *, owner: str, stream: bool, timeout: float | None,
                     metadata: Sequence[tuple[str, Any]] | None = None, history: list[Item] | None = None,

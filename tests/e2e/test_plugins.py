@@ -45,7 +45,8 @@ def test_context_compression_trims_the_middle(http: httpx.Client, stack: Stack) 
               for i in range(10)]
     items = [{"role": "user", "content": f"first {marker}"}, *middle, {"role": "user", "content": f"last {marker}"}]
     too_long = http.post("/v1/responses", json={"model": "tiny-context", "input": items})
-    assert too_long.status_code == 503 and too_long.json()["error"]["code"] == "no_provider_available"
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
+    assert too_long.json()["error"]["param"] == "input"
     reply = http.post("/v1/responses", json={"model": "tiny-context", "input": items, "max_output_tokens": 16,
                                              "plugins": [{"id": "context-compression"}]})
     assert reply.status_code == 200, reply.text
