@@ -167,6 +167,7 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
     if auth.get("api_keys_env"):
         keys += _env_list(env, str(auth["api_keys_env"]))
     keys += _env_list(env, "SWITCHBOARD_API_KEYS")
+    keys = tuple(dict.fromkeys(keys))  # the same key from two sources counts once
 
     providers = tuple(_provider(p, i, env) for i, p in enumerate(data.get("providers") or ()))
     names = [p.name for p in providers]
@@ -189,6 +190,9 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
         raise ConfigError("encryption_key: must be 32 bytes, base64-encoded")
     from service.routing_config import parse_routing
 
+    store = str(data.get("store", Config.store))
+    if data.get("store_env"):
+        store = env.get(str(data["store_env"])) or store
     prices: dict[str, tuple[float, float]] = {}
     for name, price in (data.get("pricing") or {}).items():
         if not isinstance(price, dict) or not all(isinstance(price.get(k, 0), int | float) for k in price):
@@ -198,7 +202,7 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
     return Config(
         server=server,
         api_keys=keys,
-        store=str(data.get("store", Config.store)),
+        store=store,
         providers=providers,
         default_model=str(default_model) if default_model else None,
         unsupported_tools=tools,

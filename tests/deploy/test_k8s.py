@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from service import envoy
+from service.config import from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ["dev", "prod"]
@@ -252,7 +253,9 @@ def test_prod_network_policy_only_lets_envoy_reach_the_edge_and_insiders_reach_g
         }
     }
     service_rules = one("prod", "NetworkPolicy", "switchboard-service")["spec"]["ingress"]
-    assert service_rules == [{"from": [edge_pods, internal], "ports": [{"protocol": "TCP", "port": "grpc"}]}]
+    monitoring = {"namespaceSelector": {"matchLabels": {"switchboard.io/monitoring": "true"}}}
+    assert service_rules == [{"from": [edge_pods, internal], "ports": [{"protocol": "TCP", "port": "grpc"}]},
+                             {"from": [monitoring], "ports": [{"protocol": "TCP", "port": "metrics"}]}]
     edge_rules = one("prod", "NetworkPolicy", "switchboard-edge")["spec"]["ingress"]
     admitted = {p["port"] for rule in edge_rules for p in rule["ports"]}
     # Only Envoy's listeners: the edge's own port is reached over localhost, by the Envoy in its pod.
@@ -266,3 +269,24 @@ def test_prod_network_policy_only_lets_envoy_reach_the_edge_and_insiders_reach_g
     }
     assert ports == {"http": 10000, "grpc": 10001, "edge-http": 8080}
     assert not any(d["kind"] == "NetworkPolicy" for d in docs("dev"))
+
+
+SECRETS = {"SWITCHBOARD_API_KEYS": "sk-a,sk-b",
+           "SWITCHBOARD_ENCRYPTION_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+           "SWITCHBOARD_STORE_URL": "postgresql://switchboard@postgres/switchboard",
+           "SWITCHBOARD_REDIS_URL": "redis://redis:6379/0"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_rendered_config_loads_and_exposes_metrics(overlay: str) -> None:
+    """The configs the pods mount are valid for `switchboard service` / `switchboard edge`."""
+    service = from_dict(config(overlay, "service.yaml"), env=SECRETS)
+    edge = from_dict(config(overlay, "edge.yaml"), env=SECRETS)
+    assert service.api_keys == ("sk-a", "sk-b") and service.encryption_key is not None
+    assert service.server.metrics == "0.0.0.0:9464"
+    assert edge.server.http == "0.0.0.0:8080"
+    ports = {p["name"] for p in container(overlay, "switchboard-service", "service")["ports"]}
+    assert {"grpc", "metrics"} <= ports
+    if overlay == "prod":
+        assert service.store.startswith("postgresql://") and service.rate_limits.redis_url == SECRETS[
+            "SWITCHBOARD_REDIS_URL"]
