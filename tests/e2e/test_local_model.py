@@ -20,3 +20,14 @@ def test_embedded_model_generates_through_envoy(stack: Stack) -> None:
         assert events[-1].type in ("response.completed", "response.incomplete")
         text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
         assert text.strip() and text == events[-1].response.output_text  # type: ignore[union-attr]
+
+
+def test_media_input_to_the_embedded_model_is_a_clear_400(stack: Stack) -> None:
+    import httpx
+
+    reply = httpx.post(f"{stack.http}/v1/responses", headers={"authorization": f"Bearer {API_KEY}"}, timeout=30,
+                       json={"model": "local/gemma-3-270m", "input": [{"role": "user", "content": [
+                           {"type": "input_text", "text": "what is this?"},
+                           {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}]}]})
+    assert reply.status_code == 400
+    assert reply.json()["error"]["code"] == "unsupported_input"
