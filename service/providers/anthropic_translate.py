@@ -129,13 +129,6 @@ def _add_tools(body: JSON, turn: Turn) -> None:
             choice = {"type": _TOOL_MODE[turn.tool_choice.mode]}
         elif kind == "function":
             choice = {"type": "tool", "name": turn.tool_choice.function.name}
-        elif kind == "allowed_tools":
-            # No allowed_tools at Anthropic: sending only the allowed functions is the hard constraint.
-            allowed = turn.tool_choice.allowed_tools
-            names = {ref.function.name for ref in allowed.tools if ref.WhichOneof("tool") == "function"}
-            tools = [tool for tool in tools if tool.name in names]
-            if allowed.mode in _TOOL_MODE:
-                choice = {"type": _TOOL_MODE[allowed.mode]}
     if not tools:
         return  # tool_choice without tools is a 400 at Anthropic
     body["tools"] = [_tool(tool) for tool in tools]

@@ -99,6 +99,8 @@ class Turn:
     frequency_penalty: float | None = None
     top_k: int | None = None
     top_logprobs: int | None = None
+    # Plain functions only: namespaces are flattened and `allowed_tools` is already applied (the functions are
+    # filtered and tool_choice is a mode or a named function), so providers never see either.
     tools: list[tools_pb2.FunctionTool] = field(default_factory=list)
     tool_choice: tools_pb2.ToolChoice | None = None
     parallel_tool_calls: bool | None = None

@@ -94,12 +94,6 @@ def _add_tools(body: JSON, turn: Turn) -> None:
             choice = _TOOL_MODE.get(turn.tool_choice.mode)
         elif kind == "function":
             choice = {"type": "function", "function": {"name": turn.tool_choice.function.name}}
-        elif kind == "allowed_tools":
-            # Chat Completions has no allowed_tools: sending only the allowed functions has the same effect.
-            allowed = turn.tool_choice.allowed_tools
-            names = {ref.function.name for ref in allowed.tools if ref.WhichOneof("tool") == "function"}
-            tools = [tool for tool in tools if tool.name in names]
-            choice = _TOOL_MODE.get(allowed.mode)
     if not tools:
         # tool_choice and parallel_tool_calls without tools are a 400 at OpenAI.
         return

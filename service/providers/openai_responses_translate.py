@@ -96,13 +96,6 @@ def _add_tools(body: JSON, turn: Turn) -> None:
             choice = _TOOL_MODE.get(turn.tool_choice.mode)
         elif kind == "function":
             choice = {"type": "function", "name": turn.tool_choice.function.name}
-        elif kind == "allowed_tools":
-            # A hard constraint: only the allowed functions reach the upstream, so no call outside them can
-            # come back (the native allowed_tools would leave that to the upstream).
-            allowed = turn.tool_choice.allowed_tools
-            names = {ref.function.name for ref in allowed.tools if ref.WhichOneof("tool") == "function"}
-            tools = [tool for tool in tools if tool.name in names]
-            choice = _TOOL_MODE.get(allowed.mode)
     if not tools:
         return
     body["tools"] = [_tool(tool) for tool in tools]

@@ -464,15 +464,12 @@ def test_build_body(kw: dict[str, Any], extra: dict[str, Any]) -> None:
     assert body == expected | extra
 
 
-def test_tools_without_parameters_and_allowed_tools() -> None:
-    allowed = tools_pb2.AllowedToolsChoice(mode=tools_pb2.TOOL_CHOICE_MODE_REQUIRED, tools=[
-        tools_pb2.ToolReference(function=tools_pb2.FunctionToolChoice(name="b"))])
-    turn = Turn(model="m", items=[], tools=[weather_tool("a"), tools_pb2.FunctionTool(name="b")],
-                tool_choice=_choice(allowed_tools=allowed))
-    body = build_body(turn)
+def test_tools_without_parameters() -> None:
+    required = _choice(mode=tools_pb2.TOOL_CHOICE_MODE_REQUIRED)
+    body = build_body(Turn(model="m", items=[], tools=[tools_pb2.FunctionTool(name="b")], tool_choice=required))
     assert body["tools"] == [{"name": "b", "input_schema": {"type": "object", "properties": {}}}]
     assert body["tool_choice"] == {"type": "any"}
-    assert "tools" not in build_body(Turn(model="m", items=[], tool_choice=_choice(allowed_tools=allowed)))
+    assert "tools" not in build_body(Turn(model="m", items=[], tool_choice=required))
 
 
 def test_structured_output_becomes_an_instruction() -> None:

@@ -455,16 +455,6 @@ def test_build_body(kw: dict[str, Any], extra: dict[str, Any]) -> None:
     assert body == {"model": "m", "stream": False, "messages": [{"role": "user", "content": "hi"}], **extra}
 
 
-def test_allowed_tools_filters_tools() -> None:
-    allowed = tools_pb2.AllowedToolsChoice(mode=tools_pb2.TOOL_CHOICE_MODE_REQUIRED, tools=[
-        tools_pb2.ToolReference(function=tools_pb2.FunctionToolChoice(name="b"))])
-    turn = Turn(model="m", items=[], tools=[weather_tool("a"), weather_tool("b")],
-                tool_choice=_choice(allowed_tools=allowed))
-    body = build_body(turn)
-    assert [t["function"]["name"] for t in body["tools"]] == ["b"]
-    assert body["tool_choice"] == "required"
-
-
 def test_max_tokens_param() -> None:
     body = build_body(Turn(model="m", items=[], max_output_tokens=7), max_tokens_param="max_completion_tokens")
     assert body["max_completion_tokens"] == 7 and "max_tokens" not in body

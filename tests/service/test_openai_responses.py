@@ -354,16 +354,6 @@ def test_build_body(kw: dict[str, Any], extra: dict[str, Any]) -> None:
         validate_schema("CreateResponseBody", body)
 
 
-def test_allowed_tools_filters_tools() -> None:
-    allowed = tools_pb2.AllowedToolsChoice(mode=tools_pb2.TOOL_CHOICE_MODE_REQUIRED, tools=[
-        tools_pb2.ToolReference(function=tools_pb2.FunctionToolChoice(name="b"))])
-    turn = Turn(model="m", items=[], tools=[weather_tool("a"), tools_pb2.FunctionTool(name="b", strict=False)],
-                tool_choice=_choice(allowed_tools=allowed))
-    body = build_body(turn)
-    assert body["tools"] == [{"type": "function", "name": "b", "strict": False}]
-    assert body["tool_choice"] == "required"
-
-
 def _fold(events: list[dict[str, Any]]) -> list[Delta]:
     state = EventStream()
     deltas = [d for e in events for d in state.feed(e)]
