@@ -61,7 +61,7 @@ class Edge:
             await self._channel.close()
 
     @property
-    def stub(self) -> Any:
+    def rpc(self) -> Any:
         assert self._stub is not None, "Edge.open() was not awaited"
         return self._stub
 
@@ -106,8 +106,8 @@ class Edge:
         _annotate_span(parsed, request)
         metadata = self.metadata(request)
         if parsed.stream:
-            return await self.sse(self.stub.StreamResponseBatched(parsed, metadata=metadata), batched=True)
-        return await self.unary(self.stub.CreateResponse(parsed, metadata=metadata, timeout=self.request_timeout))
+            return await self.sse(self.rpc.StreamResponseBatched(parsed, metadata=metadata), batched=True)
+        return await self.unary(self.rpc.CreateResponse(parsed, metadata=metadata, timeout=self.request_timeout))
 
     async def unary(self, call: Any) -> Response:
         """A JSON response from a unary gRPC call, or the mapped error."""

@@ -48,16 +48,16 @@ def resource_routes(edge: Edge) -> list[BaseRoute]:
         metadata = edge.metadata(request)
         if request.query_params.get("stream", "").lower() == "true":
             # Resuming at or past the last event is an empty stream, not an error.
-            return await edge.sse(edge.stub.ResumeResponse(message, metadata=metadata), empty_ok=True)
-        return await edge.unary(edge.stub.GetResponse(message, metadata=metadata, timeout=30))
+            return await edge.sse(edge.rpc.ResumeResponse(message, metadata=metadata), empty_ok=True)
+        return await edge.unary(edge.rpc.GetResponse(message, metadata=metadata, timeout=30))
 
     async def delete(request: Request) -> Response:
         message = pb.DeleteResponseRequest(response_id=request.path_params["response_id"])
-        return await edge.unary(edge.stub.DeleteResponse(message, metadata=edge.metadata(request), timeout=30))
+        return await edge.unary(edge.rpc.DeleteResponse(message, metadata=edge.metadata(request), timeout=30))
 
     async def cancel(request: Request) -> Response:
         message = pb.CancelResponseRequest(response_id=request.path_params["response_id"])
-        return await edge.unary(edge.stub.CancelResponse(message, metadata=edge.metadata(request), timeout=30))
+        return await edge.unary(edge.rpc.CancelResponse(message, metadata=edge.metadata(request), timeout=30))
 
     async def input_items(request: Request) -> Response:
         includes = _includes(request)
@@ -76,13 +76,13 @@ def resource_routes(edge: Edge) -> list[BaseRoute]:
                 setattr(message, name, cursor)
         if limit is not None:
             message.limit = limit
-        return await edge.unary(edge.stub.ListInputItems(message, metadata=edge.metadata(request), timeout=30))
+        return await edge.unary(edge.rpc.ListInputItems(message, metadata=edge.metadata(request), timeout=30))
 
     async def compact(request: Request) -> Response:
         parsed = await edge.parse(request, pb.CompactResponseRequest)
         if isinstance(parsed, HttpError):
             return error_response(parsed)
-        return await edge.unary(edge.stub.CompactResponse(parsed, metadata=edge.metadata(request),
+        return await edge.unary(edge.rpc.CompactResponse(parsed, metadata=edge.metadata(request),
                                                           timeout=edge.request_timeout))
 
     return [

@@ -30,7 +30,7 @@ def _error_frame(status: int, code: str, message: str, error_type: str, param: s
 def websocket_endpoint(edge: Edge, limit: float = CONNECTION_LIMIT_SECONDS) -> Callable[[WebSocket], Awaitable[None]]:
     async def endpoint(websocket: WebSocket) -> None:
         await websocket.accept()
-        call = edge.stub.Session(metadata=edge.metadata(websocket))
+        call = edge.rpc.Session(metadata=edge.metadata(websocket))
 
         async def client_to_service() -> None:
             # The service sends headers at once, or ends a refused call: either way writes are safe after.
