@@ -43,7 +43,7 @@ class Edge:
         self.forward_trace_headers = forward_trace_headers
         self._channel: grpc.aio.Channel | None = None
         # The generated stubs type calls as synchronous; on an aio channel they return aio calls.
-        self._stub: Any = None
+        self._rpc: Any = None
         self._health: health_pb2_grpc.HealthStub | None = None
 
     async def open(self) -> None:
@@ -53,7 +53,7 @@ class Edge:
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.max_metadata_size", 1024 * 1024),
         ])
-        self._stub = responses_service_pb2_grpc.ResponsesStub(self._channel)
+        self._rpc = responses_service_pb2_grpc.ResponsesStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def close(self) -> None:
@@ -62,8 +62,8 @@ class Edge:
 
     @property
     def rpc(self) -> Any:
-        assert self._stub is not None, "Edge.open() was not awaited"
-        return self._stub
+        assert self._rpc is not None, "Edge.open() was not awaited"
+        return self._rpc
 
     # ------------------------------------------------------------ helpers
 
