@@ -9,6 +9,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from switchboard.responses.v1 import items_pb2, responses_service_pb2
 
@@ -86,6 +87,29 @@ def annotate(request: responses_service_pb2.CreateResponseRequest,
             kind = value.WhichOneof("kind")
             if kind in ("string_value", "number_value", "bool_value"):
                 span.set_attribute(f"switchboard.trace.{key}", getattr(value, str(kind)))
+
+
+def _hex_id(value: str, length: int) -> int | None:
+    text = value.strip().lower().replace("-", "")
+    if len(text) != length or any(c not in "0123456789abcdef" for c in text) or not int(text, 16):
+        return None
+    return int(text, 16)
+
+
+def generation_span(options: responses_service_pb2.TraceOptions | None, default: str) -> tuple[str, list[Link]]:
+    """The name of an upstream call's span (`generation_name`, else the GenAI default) and, when the request
+    names an external trace (`trace_id`, with `parent_span_id`), a link to it: the W3C `traceparent` header
+    stays the parent, and tools that group by the client's own ids can follow the link."""
+    if options is None:
+        return default, []
+    name = options.generation_name if options.HasField("generation_name") and options.generation_name else default
+    trace_id = _hex_id(options.trace_id, 32) if options.HasField("trace_id") else None
+    span_id = _hex_id(options.parent_span_id, 16) if options.HasField("parent_span_id") else None
+    if trace_id is None:
+        return name, []
+    context = SpanContext(trace_id=trace_id, span_id=span_id or 1, is_remote=True,
+                          trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    return name, [Link(context, {"switchboard.trace.link": "trace_id"})]
 
 
 def item_summary(item: items_pb2.Item) -> dict[str, Any]:

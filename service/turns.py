@@ -195,7 +195,7 @@ class TurnRunner:
                                   reserve_output=turn.max_output_tokens or _DEFAULT_OUTPUT_RESERVE)
             if timeout is not None:
                 turn.timeout = max(0.0, timeout - (time.monotonic() - started_at))
-            span = self._attempt_span(attempt, prepared)
+            span = self._attempt_span(attempt, prepared, request)
             deltas = self._providers[endpoint.provider].stream(turn)
             try:
                 with trace.use_span(span, end_on_exit=False):
@@ -289,7 +289,7 @@ class TurnRunner:
 
     # ------------------------------------------------------------ telemetry
 
-    def _attempt_span(self, attempt: Attempt, prepared: Prepared) -> Span:
+    def _attempt_span(self, attempt: Attempt, prepared: Prepared, request: Request) -> Span:
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": attempt.endpoint.provider,
@@ -304,7 +304,9 @@ class TurnRunner:
         if self._config.record_content:
             attributes["gen_ai.input.messages"] = orjson.dumps(
                 [telemetry.item_summary(item) for item in turn.items]).decode()
-        return tracer.start_span(f"chat {attempt.endpoint.model}", kind=SpanKind.CLIENT, attributes=attributes)
+        name, links = telemetry.generation_span(request.trace if request.HasField("trace") else None,
+                                                f"chat {attempt.endpoint.model}")
+        return tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes, links=links)
 
     def _attempt_failed(self, span: Span, attempt: Attempt, error: BaseException, *, end: bool = True) -> None:
         code = error.code if isinstance(error, ApiError) else type(error).__name__

@@ -44,10 +44,11 @@ def test_traceparent_flows_through_every_hop(stack: Stack, collector: Collector)
     service = [s for s in spans if s.service == "switchboard-service" and s.kind == SPAN_KIND_SERVER]
     assert service, "the service has a server span"
     assert by_id[service[0].parent_span_id].service == "switchboard-edge", "edge -> service via gRPC metadata"
-    attempt = [s for s in spans if s.service == "switchboard-service" and s.name.startswith("chat ")]
+    attempt = [s for s in spans if s.attributes.get("gen_ai.operation.name") == "chat"]
     assert attempt and attempt[0].parent_span_id == service[0].span_id, "the upstream attempt is in the service span"
+    assert attempt[0].name == "gen-1", "generation_name names the upstream call's span"
     upstream = [s for s in spans if s.service == "switchboard-service" and s.kind == SPAN_KIND_CLIENT
-                and not s.name.startswith("chat ")]
+                and s.span_id != attempt[0].span_id]
     assert upstream and upstream[0].parent_span_id == attempt[0].span_id, "the upstream HTTP call is in the attempt"
     assert upstream[0].attributes.get("http.request.method", upstream[0].attributes.get("http.method")) == "POST"
 
@@ -68,3 +69,15 @@ def test_header_session_is_used_without_a_body_session(stack: Stack, collector: 
     spans = collector.wait_for(trace_id, _has_all)
     service = [s for s in spans if s.service == "switchboard-service" and s.kind == SPAN_KIND_SERVER]
     assert service and service[0].attributes["session.id"] == "header-session"
+
+
+def test_generation_name_and_an_external_trace_shape_the_upstream_span(stack: Stack, collector: Collector) -> None:
+    trace_id, theirs, their_parent = secrets.token_hex(16), secrets.token_hex(16), secrets.token_hex(8)
+    httpx.post(f"{stack.http}/v1/responses", timeout=30, headers={
+        "authorization": f"Bearer {API_KEY}", "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
+        json={"input": "x", "trace": {"generation_name": "summarise-ticket", "trace_id": theirs,
+                                      "parent_span_id": their_parent}})
+    spans = collector.wait_for(trace_id, lambda found: any(s.name == "summarise-ticket" for s in found))
+    [generation] = [s for s in spans if s.name == "summarise-ticket"]
+    assert generation.kind == SPAN_KIND_CLIENT and generation.attributes["gen_ai.operation.name"] == "chat"
+    assert generation.links == ((theirs, their_parent),)

@@ -21,6 +21,8 @@ class Span:
     parent_span_id: str
     kind: int
     attributes: dict[str, Any] = field(default_factory=dict)
+    # (trace id, span id) of each link, in hex.
+    links: tuple[tuple[str, str], ...] = ()
 
 
 def _value(value: Any) -> Any:
@@ -46,6 +48,7 @@ class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                         service=service, name=span.name, trace_id=span.trace_id.hex(), span_id=span.span_id.hex(),
                         parent_span_id=span.parent_span_id.hex(), kind=span.kind,
                         attributes={a.key: _value(a.value) for a in span.attributes},
+                        links=tuple((link.trace_id.hex(), link.span_id.hex()) for link in span.links),
                     ))
         with self.lock:
             self.spans.extend(received)
