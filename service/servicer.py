@@ -215,13 +215,13 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
                 raise invalid("Only background responses can be cancelled.", "response_id")
             if stored.response.status in TERMINAL_STATUSES:
                 return stored.response
-            await store.request_cancel(owner, request.response_id)
             if stored.response.status == response_pb2.RESPONSE_STATUS_QUEUED:
+                # Only if no worker has claimed it meanwhile (one transaction); otherwise it is running.
                 engine = TurnEngine(stored.response, first_sequence=2)
                 events = engine.cancel()
-                await store.update_status(owner, request.response_id, engine.response)
-                await store.append_events(request.response_id, events)
-                return engine.response
+                if await store.cancel_queued(owner, request.response_id, engine.response, events):
+                    return engine.response
+            await store.request_cancel(owner, request.response_id)
             # Running: the worker notices the flag between deltas and ends the stream.
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:

@@ -127,6 +127,10 @@ class Store(Protocol):
 
     async def cancel_requested(self, id: str) -> bool: ...
 
+    async def cancel_queued(self, owner: str, id: str, response: Response, events: list[StreamEvent]) -> bool:
+        """In one transaction: if no worker has claimed the response's job yet, drop the job, store the
+        cancelled snapshot and its events, and return True; otherwise change nothing and return False."""
+
     # Persisted stream events.
     async def append_events(self, response_id: str, events: list[StreamEvent]) -> None:
         """Store events by their ``sequence_number``; an event already stored is kept as it was."""

@@ -252,6 +252,20 @@ class PostgresStore:
         sql = "UPDATE responses SET cancel_requested = TRUE WHERE id = %s AND owner = %s"
         return await self._rowcount(sql, (id, owner)) > 0
 
+    async def cancel_queued(self, owner: str, id: str, response: Response, events: list[StreamEvent]) -> bool:
+        async with (await self._open()).connection() as conn, conn.transaction():
+            deleted = await conn.execute("DELETE FROM jobs WHERE id = %s AND owner = %s AND state = 'queued'",
+                                         (id, owner))
+            if deleted.rowcount == 0:
+                return False
+            await conn.execute("UPDATE responses SET status = %s, response = %s, cancel_requested = TRUE"
+                               " WHERE id = %s", (int(response.status), response.SerializeToString(), id))
+            async with conn.cursor() as cursor:
+                await cursor.executemany(
+                    "INSERT INTO stream_events VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                    [(id, e.sequence_number, e.SerializeToString()) for e in events])
+            return True
+
     async def cancel_requested(self, id: str) -> bool:
         row = await self._fetchone("SELECT cancel_requested FROM responses WHERE id = %s", (id,))
         return row is not None and bool(row[0])

@@ -332,6 +332,21 @@ class SQLiteStore:
 
         return await self._run(requested)
 
+    async def cancel_queued(self, owner: str, id: str, response: Response, events: list[StreamEvent]) -> bool:
+        rows = [(id, event.sequence_number, event.SerializeToString()) for event in events]
+
+        def cancel(conn: sqlite3.Connection) -> bool:
+            with self._write(conn):
+                sql = "DELETE FROM jobs WHERE id = ? AND owner = ? AND state = 'queued'"
+                if conn.execute(sql, (id, owner)).rowcount == 0:
+                    return False
+                conn.execute("UPDATE responses SET status = ?, response = ?, cancel_requested = 1 WHERE id = ?",
+                             (int(response.status), response.SerializeToString(), id))
+                conn.executemany("INSERT INTO stream_events VALUES (?, ?, ?) ON CONFLICT DO NOTHING", rows)
+                return True
+
+        return await self._run(cancel)
+
     # Persisted stream events.
 
     async def append_events(self, response_id: str, events: list[StreamEvent]) -> None:

@@ -294,6 +294,27 @@ async def test_cancel_flags(store: Store) -> None:
     assert not await store.cancel_requested("resp_missing")
 
 
+async def test_cancel_queued_only_before_a_claim(store: Store) -> None:
+    queued = response("resp_1", status=response_pb2.RESPONSE_STATUS_QUEUED)
+    await store.save_response(A, queued, request(), [], expires_at=None, job_request=b"r1")
+    await store.save_response(A, response("resp_2", status=response_pb2.RESPONSE_STATUS_QUEUED), request(), [],
+                              expires_at=None, job_request=b"r2")
+    cancelled = response("resp_1", status=response_pb2.RESPONSE_STATUS_CANCELLED)
+    event = StreamEvent(sequence_number=2)
+    event.response_failed.response.CopyFrom(cancelled)
+    assert not await store.cancel_queued(B, "resp_1", cancelled, [event]), "another owner cannot cancel"
+    assert await store.cancel_queued(A, "resp_1", cancelled, [event])
+    stored = await store.get_response(A, "resp_1")
+    assert stored is not None and stored.response.status == response_pb2.RESPONSE_STATUS_CANCELLED
+    assert await store.events_after("resp_1", 1) == [event]
+    # The job is gone: no worker will run it; the other job is still there to claim.
+    job = await store.claim("w1", 30)
+    assert job is not None and job.response_id == "resp_2"
+    # Once claimed, a job is running: cancelling "while queued" no longer applies.
+    assert not await store.cancel_queued(A, "resp_2", cancelled, [])
+    assert await store.claim("w2", 30) is None
+
+
 def text_event(n: int, text: str) -> StreamEvent:
     event = StreamEvent(sequence_number=n)
     event.output_text_delta.delta = text
