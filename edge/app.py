@@ -145,9 +145,7 @@ class Edge:
                     # One write per batch: what the service sent together goes out together.
                     yield b"".join(chunk)
                     message = await call.read()
-                if empty_ok and first is grpc.aio.EOF:
-                    pass
-                elif not tracker.terminal:
+                if not tracker.terminal and not (empty_ok and first is grpc.aio.EOF):
                     yield tracker.failure(HttpError(502, "server_error", "The stream ended without a terminal event.",
                                                     code="stream_interrupted"))
             except grpc.aio.AioRpcError as exc:
