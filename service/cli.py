@@ -113,7 +113,10 @@ async def serve_all(config: Config, config_path: Path) -> None:
     try:
         # The embedded model's loader swaps the process's stdout while it runs: start children after it.
         await _first(ready.wait(), service_task)
-        edge = subprocess.Popen([sys.executable, "-m", "service.cli", "edge", "--config", str(config_path)])
+        # close_fds=False lets Python posix_spawn() instead of fork() next to gRPC's threads (our descriptors
+        # are non-inheritable anyway, PEP 446).
+        edge = subprocess.Popen([sys.executable, "-m", "service.cli", "edge", "--config", str(config_path)],
+                                close_fds=False)
         http_host, http_port = parse_address(config.server.http, "server.http")
         http_host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host
         await _wait_http(f"http://{http_host}:{http_port}/healthz", edge)
