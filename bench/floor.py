@@ -147,19 +147,19 @@ async def measure(args: argparse.Namespace) -> list[tuple[str, float, float, flo
     proc = _start("grpc", port)
     try:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        stub = responses_service_pb2_grpc.ResponsesStub(channel)
+        rpc = responses_service_pb2_grpc.ResponsesStub(channel)
         message = responses_service_pb2.CreateResponseRequest(
             model="fake/echo", input=responses_service_pb2.Input(text="hello"))
         metadata = (("authorization", "Bearer x"),)
 
         async def grpc_call() -> None:
-            await stub.CreateResponse(message, metadata=metadata, timeout=10)
+            await rpc.CreateResponse(message, metadata=metadata, timeout=10)
 
         rows.append(("grpc.aio unary (no-op servicer)", *await _timed(grpc_call, n, warm, proc.pid)))
 
         async def stream_call() -> None:
             count = 0
-            async for _ in stub.StreamResponse(message, metadata=metadata, timeout=30):
+            async for _ in rpc.StreamResponse(message, metadata=metadata, timeout=30):
                 count += 1
             assert count == STREAM_EVENTS
 

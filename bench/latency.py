@@ -24,6 +24,7 @@ import asyncio
 import os
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -59,15 +60,16 @@ class Result:
     other: tuple[float, float] = (0.0, 0.0)  # machine CPU share outside our processes: sequential, concurrent
 
 
-class Target:
+class Target(ABC):
     """Makes per-worker request callables for one path; `close()` releases what they opened."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._closers: list[Callable[[], Awaitable[Any]]] = []
 
+    @abstractmethod
     async def worker(self) -> Call:
-        raise NotImplementedError
+        """A request callable for one worker."""
 
     async def close(self) -> None:
         for closer in self._closers:
@@ -133,17 +135,17 @@ class GrpcTarget(Target):
     def __init__(self, name: str, target: str) -> None:
         super().__init__(name)
         self.target = target
-        self.stub: Any = None
+        self.rpc: Any = None
         self.request = responses_service_pb2.CreateResponseRequest(
             model="fake/echo", input=responses_service_pb2.Input(text="hello"))
         self.metadata = (("authorization", f"Bearer {API_KEY}"),)
 
     async def worker(self) -> Call:
-        if self.stub is None:
+        if self.rpc is None:
             channel = grpc.aio.insecure_channel(self.target)
             self._closers.append(channel.close)
-            self.stub = responses_service_pb2_grpc.ResponsesStub(channel)
-        method, request, metadata = self.stub.CreateResponse, self.request, self.metadata
+            self.rpc = responses_service_pb2_grpc.ResponsesStub(channel)
+        method, request, metadata = self.rpc.CreateResponse, self.request, self.metadata
 
         async def call() -> None:
             await method(request, metadata=metadata, timeout=30.0)

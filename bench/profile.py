@@ -74,7 +74,7 @@ async def load(bench: Bench, path: str, seconds: float, concurrency: int) -> int
     done = 0
     if path in ("grpc", "grpc-stream"):
         channel = grpc.aio.insecure_channel(bench.grpc)
-        stub = responses_service_pb2_grpc.ResponsesStub(channel)
+        rpc = responses_service_pb2_grpc.ResponsesStub(channel)
         request = responses_service_pb2.CreateResponseRequest(
             model="fake/fixed-2000" if path == "grpc-stream" else "fake/echo",
             input=responses_service_pb2.Input(text="hello"))
@@ -84,9 +84,9 @@ async def load(bench: Bench, path: str, seconds: float, concurrency: int) -> int
             nonlocal done
             while time.monotonic() < deadline:
                 if path == "grpc":
-                    await stub.CreateResponse(request, metadata=metadata, timeout=30)
+                    await rpc.CreateResponse(request, metadata=metadata, timeout=30)
                 else:
-                    async for _ in stub.StreamResponse(request, metadata=metadata, timeout=60):
+                    async for _ in rpc.StreamResponse(request, metadata=metadata, timeout=60):
                         pass
                 done += 1
 

@@ -74,13 +74,13 @@ async def measure(address: str, requests: int) -> dict[bool, list[float]]:
     """Latencies (seconds) of sequential unary calls, alternating store true and false."""
     timings: dict[bool, list[float]] = {True: [], False: []}
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = responses_service_pb2_grpc.ResponsesStub(channel)
+        rpc = responses_service_pb2_grpc.ResponsesStub(channel)
         calls = {store: pb.CreateResponseRequest(model="fake/echo", input=pb.Input(text="hello"), store=store)
                  for store in (True, False)}
         for index in range(2 * (WARMUP + requests)):
             store = index % 2 == 0
             started = time.perf_counter()
-            response = await stub.CreateResponse(calls[store], metadata=AUTH, timeout=30)
+            response = await rpc.CreateResponse(calls[store], metadata=AUTH, timeout=30)
             elapsed = time.perf_counter() - started
             assert response.store is store and response.output_text == "echo: hello"
             if index >= 2 * WARMUP:

@@ -198,16 +198,16 @@ class Path:
 class GrpcPath(Path):
     def __init__(self, name: str, target: str, model: str, expected: int) -> None:
         super().__init__(name, "", "", b"", {}, False, "grpc", expected)
-        self.target, self.stub = target, None
+        self.target, self.rpc = target, None
         self.request = responses_service_pb2.CreateResponseRequest(
             model=f"fake/{model}", input=responses_service_pb2.Input(text="hello"))
 
     async def open(self) -> Stream:
-        if self.stub is None:
+        if self.rpc is None:
             channel = grpc.aio.insecure_channel(self.target)
             self._closers.append(channel.close)
-            self.stub = responses_service_pb2_grpc.ResponsesStub(channel)
-        method, request, check, clock = self.stub.StreamResponse, self.request, self.check, time.perf_counter
+            self.rpc = responses_service_pb2_grpc.ResponsesStub(channel)
+        method, request, check, clock = self.rpc.StreamResponse, self.request, self.check, time.perf_counter
         metadata = (("authorization", f"Bearer {API_KEY}"),)
 
         async def stream() -> Sample:
@@ -305,7 +305,7 @@ def _cpu_table(title: str, results: list[Result], attr: str, index: int) -> None
 def report(results: list[Result], args: argparse.Namespace) -> None:
     c = args.concurrency
     client = "raw keep-alive HTTP/1.1 + SSE split by lines" if args.client == "raw" else "httpx + httpx-sse"
-    print(f"\nStreaming, model {args.model}; client: {client} (gRPC: grpc.aio stub); {args.streams} sequential "
+    print(f"\nStreaming, model {args.model}; client: {client} (gRPC: grpc.aio rpc); {args.streams} sequential "
           f"streams per path" + (f", {args.concurrent_streams} at concurrency {c}" if c > 1 else "")
           + f"; TTFE short = first delta of {args.short_model} ({args.short_streams} streams)")
     print(f"{'path':<11} {'deltas/s':>9} {'min':>8} {'max':>8} {'TTFE p50':>9} {'TTFE max':>9} {'stream ms':>10}"
