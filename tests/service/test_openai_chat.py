@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
 import pytest
-from google.protobuf import struct_pb2
 
 from service.errors import ApiError, UpstreamError
 from service.providers.base import (
@@ -29,47 +25,26 @@ from service.providers.base import (
 from service.providers.chat_translate import build_body, build_messages, parse_completion, status_error
 from service.providers.openai_chat import OpenAIChatProvider
 from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
-
-ROOT = Path(__file__).resolve().parents[2]
-USER, ASSISTANT = items_pb2.MESSAGE_ROLE_USER, items_pb2.MESSAGE_ROLE_ASSISTANT
-SYSTEM, DEVELOPER = items_pb2.MESSAGE_ROLE_SYSTEM, items_pb2.MESSAGE_ROLE_DEVELOPER
-P = content_pb2.ContentPart
-
+from tests.service.builders import (
+    ASSISTANT,
+    DEVELOPER,
+    SYSTEM,
+    USER,
+    P,
+    call,
+    msg,
+    out_part,
+    output,
+    reasoning,
+    start_fake,
+    struct,
+    text_of,
+    text_part,
+    user_turn,
+)
+from tests.service.builders import choice as _choice
 
 # ---------------------------------------------------------------- builders
-
-
-def msg(role: int, text: str | None = None, parts: list[P] | None = None) -> items_pb2.Item:
-    content = (content_pb2.Content(text=text or "") if parts is None
-               else content_pb2.Content(parts=content_pb2.ContentList(parts=parts)))
-    return items_pb2.Item(message=items_pb2.Message(role=role, content=content))  # type: ignore[arg-type]
-
-
-def call(call_id: str, name: str, args: str) -> items_pb2.Item:
-    return items_pb2.Item(function_call=items_pb2.FunctionCall(call_id=call_id, name=name, arguments=args))
-
-
-def output(call_id: str, text: str | None = None, parts: list[P] | None = None) -> items_pb2.Item:
-    content = (content_pb2.Content(text=text or "") if parts is None
-               else content_pb2.Content(parts=content_pb2.ContentList(parts=parts)))
-    return items_pb2.Item(function_call_output=items_pb2.FunctionCallOutput(call_id=call_id, output=content))
-
-
-def reasoning(raw: str | None = None, summary: str | None = None, encrypted: str | None = None) -> items_pb2.Item:
-    item = items_pb2.ReasoningItem(encrypted_content=encrypted)
-    if raw is not None:
-        item.content.append(P(reasoning_text=content_pb2.ReasoningTextContent(text=raw)))
-    if summary is not None:
-        item.summary.append(P(summary_text=content_pb2.SummaryTextContent(text=summary)))
-    return items_pb2.Item(reasoning=item)
-
-
-def text_part(text: str) -> P:
-    return P(input_text=content_pb2.InputTextContent(text=text))
-
-
-def out_part(text: str) -> P:
-    return P(output_text=content_pb2.OutputTextContent(text=text))
 
 
 def image_part(url: str, detail: int = 0) -> P:
@@ -80,20 +55,10 @@ def tc(call_id: str, name: str, args: str) -> dict[str, Any]:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
 
 
-def struct(obj: dict[str, Any]) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(obj)
-    return s
-
-
 def weather_tool(name: str = "get_weather") -> tools_pb2.FunctionTool:
     return tools_pb2.FunctionTool(name=name, description="Weather by city", strict=True,
                                   parameters=struct({"type": "object", "properties": {"city": {"type": "string"}},
                                                      "required": ["city"], "maxProperties": 1}))
-
-
-def user_turn(model: str, text: str = "hello world", **kw: Any) -> Turn:
-    return Turn(model=model, items=[msg(USER, text)], **kw)
 
 
 # ---------------------------------------------------------------- fixtures
@@ -101,22 +66,7 @@ def user_turn(model: str, text: str = "hello world", **kw: Any) -> Turn:
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.openai_chat", "--host", "127.0.0.1", "--port", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        assert line.startswith("LISTENING http://127.0.0.1:"), line
-        yield line.split(" ", 1)[1]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    yield from start_fake("tests.fakes.openai_chat")
 
 
 @pytest.fixture()
@@ -136,10 +86,6 @@ async def provider(upstream: str) -> AsyncIterator[OpenAIChatProvider]:
 
 async def collect(p: OpenAIChatProvider, turn: Turn) -> list[Delta]:
     return [d async for d in p.stream(turn)]
-
-
-def text_of(deltas: list[Delta]) -> str:
-    return "".join(d.text for d in deltas if isinstance(d, TextDelta))
 
 
 def last_body(control: httpx.Client) -> dict[str, Any]:
@@ -418,10 +364,6 @@ def test_untranslatable_input_is_rejected(item: items_pb2.Item) -> None:
     with pytest.raises(ApiError) as info:
         build_messages([item])
     assert info.value.status == grpc.StatusCode.INVALID_ARGUMENT
-
-
-def _choice(**kw: Any) -> tools_pb2.ToolChoice:
-    return tools_pb2.ToolChoice(**kw)
 
 
 BODY_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [

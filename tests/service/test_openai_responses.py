@@ -27,7 +27,7 @@ from service.providers.openai_responses import OpenAIResponsesProvider
 from service.providers.openai_responses_translate import EventStream, build_body, build_input, parse_response
 from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
 from tests.openapi import validate_event, validate_response, validate_schema
-from tests.service.test_anthropic import (
+from tests.service.builders import (
     ASSISTANT,
     DEVELOPER,
     SYSTEM,
@@ -50,6 +50,7 @@ from tests.service.test_anthropic import (
     wait_cancelled,
     weather_tool,
 )
+from tests.service.builders import choice as _choice
 
 # ---------------------------------------------------------------- fixtures
 
@@ -306,10 +307,6 @@ INPUT_CASES: list[tuple[str, list[items_pb2.Item], list[dict[str, Any]]]] = [
 @pytest.mark.parametrize(("items", "expected"), [c[1:] for c in INPUT_CASES], ids=[c[0] for c in INPUT_CASES])
 def test_build_input(items: list[items_pb2.Item], expected: list[dict[str, Any]]) -> None:
     assert build_input(items) == expected
-
-
-def _choice(**kw: Any) -> tools_pb2.ToolChoice:
-    return tools_pb2.ToolChoice(**kw)
 
 
 def _text(**kw: Any) -> response_pb2.TextConfig:
