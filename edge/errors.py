@@ -8,20 +8,7 @@ import grpc
 import orjson
 from google.rpc import error_details_pb2, status_pb2
 
-_HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
-    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error"),
-    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error"),
-    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
-    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
-    grpc.StatusCode.NOT_FOUND: (404, "not_found_error"),
-    grpc.StatusCode.ALREADY_EXISTS: (409, "invalid_request_error"),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
-    grpc.StatusCode.DEADLINE_EXCEEDED: (408, "timeout_error"),
-    grpc.StatusCode.UNAVAILABLE: (503, "server_error"),
-    grpc.StatusCode.CANCELLED: (499, "server_error"),
-    grpc.StatusCode.UNIMPLEMENTED: (501, "server_error"),
-}
+from service.errors import STATUS_MAP
 
 
 @dataclass
@@ -46,7 +33,7 @@ def invalid_request(message: str, param: str | None, code: str = "invalid_reques
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> HttpError:
     code = error.code()
-    status, error_type = _HTTP.get(code, (500, "server_error"))
+    status, error_type = STATUS_MAP.get(code, (500, "server_error"))
     message = error.details() or "internal server error"
     result = HttpError(status, error_type, message)
     details = _status_details(error)
@@ -54,7 +41,7 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> HttpError:
         # No details: the service itself is unreachable or failed outside the API's error handling.
         if code == grpc.StatusCode.UNAVAILABLE:
             result.message, result.code = "The service is unavailable, try again.", "service_unavailable"
-        elif code not in _HTTP or code == grpc.StatusCode.UNKNOWN:
+        elif code not in STATUS_MAP or code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
             result.message, result.code = "internal server error", "internal_error"
         return result
     for any_msg in details.details:

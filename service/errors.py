@@ -8,19 +8,22 @@ from google.rpc import error_details_pb2, status_pb2
 
 DOMAIN = "switchboard.responses.v1"
 
-# gRPC code -> API error type of the error body (see docs/development.md, "Errors").
-_ERROR_TYPES: dict[grpc.StatusCode, str] = {
-    grpc.StatusCode.INVALID_ARGUMENT: "invalid_request_error",
-    grpc.StatusCode.UNAUTHENTICATED: "authentication_error",
-    grpc.StatusCode.PERMISSION_DENIED: "permission_error",
-    grpc.StatusCode.NOT_FOUND: "not_found_error",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "rate_limit_error",
-    grpc.StatusCode.DEADLINE_EXCEEDED: "timeout_error",
-    grpc.StatusCode.UNAVAILABLE: "server_error",
-    grpc.StatusCode.INTERNAL: "server_error",
-    grpc.StatusCode.CANCELLED: "server_error",
-    grpc.StatusCode.UNIMPLEMENTED: "invalid_request_error",
-    grpc.StatusCode.FAILED_PRECONDITION: "invalid_request_error",
+# gRPC code -> (HTTP status, API error type): the one table for the edge's answers, WebSocket error frames and
+# the `type` of every error body (see docs/development.md, "Errors").
+STATUS_MAP: dict[grpc.StatusCode, tuple[int, str]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
+    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error"),
+    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
+    grpc.StatusCode.NOT_FOUND: (404, "not_found_error"),
+    grpc.StatusCode.ALREADY_EXISTS: (409, "invalid_request_error"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (408, "timeout_error"),
+    grpc.StatusCode.UNAVAILABLE: (503, "server_error"),
+    grpc.StatusCode.CANCELLED: (499, "server_error"),
+    grpc.StatusCode.UNIMPLEMENTED: (501, "server_error"),
+    grpc.StatusCode.INTERNAL: (500, "server_error"),
 }
 
 
@@ -53,7 +56,12 @@ class ApiError(Exception):
 
     @property
     def error_type(self) -> str:
-        return _ERROR_TYPES.get(self.status, "server_error")
+        return STATUS_MAP.get(self.status, (500, "server_error"))[1]
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status a client sees for this error."""
+        return self.http_status or STATUS_MAP.get(self.status, (500, ""))[0]
 
 
 def invalid(message: str, param: str | None, code: str = "invalid_request") -> ApiError:

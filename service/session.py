@@ -6,24 +6,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-import grpc
-
 from service.errors import ApiError
 from service.turns import TurnRunner
 from switchboard.responses.v1 import events_pb2, items_pb2, response_pb2
 from switchboard.responses.v1 import responses_service_pb2 as pb
 
-_HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.DEADLINE_EXCEEDED: 408,
-    grpc.StatusCode.UNAVAILABLE: 503,
-}
 _FINISHED = {response_pb2.RESPONSE_STATUS_COMPLETED, response_pb2.RESPONSE_STATUS_INCOMPLETE}
 
 
 def error_frame(error: ApiError) -> pb.SessionEvent:
-    status = error.http_status or _HTTP_STATUS.get(error.status, 500)
+    status = error.status_code
     if error.code == "previous_response_not_found":
         status = 400  # as the Open Responses WebSocket transport reports it
     payload = events_pb2.ErrorPayload(type=error.error_type, code=error.code, message=error.message)
