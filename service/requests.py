@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 import orjson
+from google.protobuf import struct_pb2
 
 from service.config import Config
 from service.crypto import Sealer
@@ -55,12 +56,15 @@ class ToolPlan:
     omitted: tuple[str, ...]
 
 
+def _declared_type(other: struct_pb2.Struct) -> str:
+    """The `type` of an object kept verbatim (an unmodelled tool or item)."""
+    value = other.fields.get("type")
+    return value.string_value if value is not None else "unknown"
+
+
 def _tool_type(tool: tools_pb2.Tool) -> str:
     kind = tool.WhichOneof("tool")
-    if kind == "other":
-        value = tool.other.fields.get("type")
-        return value.string_value if value is not None else "unknown"
-    return str(kind)
+    return _declared_type(tool.other) if kind == "other" else str(kind)
 
 
 def plan_tools(request: Request, config: Config) -> ToolPlan:
@@ -123,7 +127,7 @@ def input_items(request: Request) -> list[items_pb2.Item]:
         for index, item in enumerate(request.input.items.items):
             kind = item.WhichOneof("item")
             if kind not in _INPUT_KINDS and kind not in ("item_reference", "compaction"):
-                tag = _tool_type_of_item(item)
+                tag = _declared_type(item.other)
                 raise invalid(f"Input items of type {tag!r} are not supported.", f"input[{index}].type")
             if kind == "message" and item.message.role == items_pb2.MESSAGE_ROLE_UNSPECIFIED:
                 raise invalid("Missing required parameter: 'role'.", f"input[{index}].role")
@@ -224,11 +228,6 @@ def _for_upstream(item: items_pb2.Item, param: str, sealer: Sealer | None) -> it
                 for text in data.get("summary", []))
         return restored
     return item
-
-
-def _tool_type_of_item(item: items_pb2.Item) -> str:
-    value = item.other.fields.get("type")
-    return value.string_value if value is not None else "unknown"
 
 
 def initial_response(request: Request, model: str, store: bool) -> response_pb2.Response:
