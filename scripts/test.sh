@@ -2,10 +2,7 @@
 # Installs everything the tests need into .venv, then runs every check: generated code, buf lint, ruff, mypy, pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev,local]'
+scripts/venv.sh dev,local
 export PATH="$PWD/.venv/bin:$PATH"
 
 # PostgreSQL: the tests use 127.0.0.1:5432 when it answers, else start a throwaway cluster (tests/pg.py),
