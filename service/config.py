@@ -50,6 +50,9 @@ class ServerConfig:
     metrics: str | None = None
     # Where Envoy sends its spans (OTLP/gRPC HOST:PORT); defaults to the OTEL_EXPORTER_OTLP_* endpoint.
     envoy_otlp: str | None = None
+    # `switchboard serve` restarts a child that dies, at most `restart_limit` times within `restart_window` seconds.
+    restart_limit: int = 5
+    restart_window: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,8 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
         path = Path(server_raw["envoy_config"])
         server_raw["envoy_config"] = path if path.is_absolute() else (base_dir or Path.cwd()) / path
     server = ServerConfig(**server_raw)
+    if not isinstance(server.restart_limit, int) or server.restart_limit < 0 or server.restart_window <= 0:
+        raise ConfigError("server.restart_limit: a count >= 0; server.restart_window: seconds > 0")
     for key in ("grpc", "http", "envoy", "envoy_grpc", "envoy_admin", "metrics", "envoy_otlp"):
         value = getattr(server, key)
         if value is not None:
