@@ -202,7 +202,8 @@ class EnvoyChild(Child):
 
     async def stop(self, timeout: float) -> None:
         pid = self._envoy.pid
-        await self._envoy.stop(drain=timeout > 0, timeout=max(timeout, 1.0))
+        # The drain gets ``timeout``; Envoy gets 2 s more to exit after it.
+        await self._envoy.stop(drain=timeout > 0, timeout=timeout + 2.0)
         if pid is not None:
             _signal_group(pid, signal.SIGKILL)
 
@@ -332,13 +333,14 @@ class Supervisor:
             say(f"the {child.name} is back (pid {child.pid})")
 
     async def _stop_all(self) -> None:
-        """Envoy first (drained), then the edge and the service together, all within `server.grace`."""
+        """Envoy first (drained: in-flight requests finish), then the edge and the service together, all within
+        `server.grace` (plus a second for the edge and the service to close once Envoy is drained)."""
         deadline = time.monotonic() + self.config.server.grace
         envoy = [c for c in self.children if isinstance(c, EnvoyChild)]
         others = [c for c in self.children if not isinstance(c, EnvoyChild)]
         for child in envoy:
-            await child.stop(max(deadline - time.monotonic() - 1.0, 0.5))
-        await asyncio.gather(*(c.stop(deadline - time.monotonic()) for c in others))
+            await child.stop(max(deadline - time.monotonic(), 0.5))
+        await asyncio.gather(*(c.stop(max(deadline - time.monotonic(), 1.0)) for c in others))
 
 
 async def supervise(config: Config, config_path: Path) -> int:

@@ -19,6 +19,10 @@ from pathlib import Path
 
 _started: set[int] = set()
 _lock = threading.Lock()
+# Every process started from this one inherits this marker, so kill_all finds even those that escaped their group
+# and were orphaned.
+MARKER = "SWITCHBOARD_TEST_SESSION"
+os.environ[MARKER] = str(os.getpid())
 
 
 def launcher() -> list[str]:
@@ -98,12 +102,27 @@ def kill_tree(pid: int, *, grace: float = 0.0, known: list[int] | None = None) -
         _started.discard(pid)
 
 
+def marked() -> list[int]:
+    """The live processes that carry this session's marker in their environment."""
+    needle = f"{MARKER}={os.getpid()}".encode()
+    found = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if needle in (entry / "environ").read_bytes().split(b"\0") and alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
 def kill_all() -> None:
     """Kills everything the suite started that is still running."""
     with _lock:
         pids = list(_started)
     for pid in pids:
         kill_tree(pid)
+    for pid in marked():
+        _signal(pid, signal.SIGKILL, group=False)
 
 
 atexit.register(kill_all)

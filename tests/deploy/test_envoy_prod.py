@@ -22,9 +22,9 @@ import pytest
 import rotel
 import yaml
 
-from service.supervisor import envoy_config
 from service.config import from_dict
 from service.envoy import EnvoyAddresses, EnvoyProcess, otlp_grpc_address, render_config
+from service.supervisor import envoy_config
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
 from tests.e2e.stack import API_KEY, Process, free_port, start_stack, start_upstream, write_config
 
