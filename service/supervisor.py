@@ -23,13 +23,13 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-import httpx
-
 from service.config import Config, parse_address
 from service.envoy import EnvoyAddresses, EnvoyProcess, otlp_grpc_address, render_config
 
 log = logging.getLogger("switchboard.supervisor")
 
+# What an edge process prints once it listens (edge/server.py).
+EDGE_READY = "HTTP edge process ready"
 _BACKOFF_FIRST = 0.25
 _BACKOFF_MAX = 8.0
 _KILL_WAIT = 5.0
@@ -61,6 +61,10 @@ def _launcher() -> list[str]:
 def _loopback(address: tuple[str, int]) -> tuple[str, int]:
     host, port = address
     return ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port)
+
+
+def _numbered(name: str, index: int, count: int) -> str:
+    return name if count == 1 else f"{name} {index + 1}"
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -96,15 +100,13 @@ class Child(ABC):
 
 
 class PythonChild(Child):
-    """A `switchboard service` or `switchboard edge` process. The service says when it is ready on stdout (which
-    serve reads and forwards); the edge is ready when its /healthz answers."""
+    """A `switchboard service` or `switchboard edge` process. It says when it is ready on stdout, which serve
+    reads and forwards (a probe of a port that several processes share could reach another one)."""
 
-    def __init__(self, name: str, argv: list[str], *, ready_line: str | None = None,
-                 health_url: str | None = None, timeout: float) -> None:
+    def __init__(self, name: str, argv: list[str], *, ready_line: str, timeout: float) -> None:
         super().__init__(name)
         self.argv = argv
         self.ready_line = ready_line
-        self.health_url = health_url
         self.timeout = timeout
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -118,44 +120,31 @@ class PythonChild(Child):
         # close_fds=False keeps Python's spawn a posix_spawn(); serve's own descriptors are non-inheritable.
         self._proc = proc = await asyncio.create_subprocess_exec(
             *_launcher(), *self.argv, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE if self.ready_line else None, close_fds=False)
-        if self.ready_line:
-            self._pump = asyncio.create_task(self._forward(proc, ready))
+            stdout=asyncio.subprocess.PIPE, close_fds=False)
+        self._pump = asyncio.create_task(self._forward(proc, ready))
+        exited = asyncio.ensure_future(proc.wait())
+        waiter = asyncio.ensure_future(ready.wait())
         try:
             async with asyncio.timeout(self.timeout):
-                if self.health_url:
-                    await self._probe(proc, self.health_url)
-                else:
-                    exited = asyncio.ensure_future(proc.wait())
-                    waiter = asyncio.ensure_future(ready.wait())
-                    await asyncio.wait({exited, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                    exited.cancel()
-                    waiter.cancel()
-                    if not ready.is_set():
-                        await self.stop(0)
-                        raise StartError(f"the {self.name} {describe_exit(proc.returncode or 0)} while starting")
+                await asyncio.wait({exited, waiter}, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             await self.stop(0)
             raise StartError(f"the {self.name} was not ready within {self.timeout:g} s") from None
+        finally:
+            exited.cancel()
+            waiter.cancel()
+        if not ready.is_set():
+            await self.stop(0)
+            raise StartError(f"the {self.name} {describe_exit(proc.returncode or 0)} while starting")
 
     async def _forward(self, proc: asyncio.subprocess.Process, ready: asyncio.Event) -> None:
-        assert proc.stdout is not None and self.ready_line is not None
+        assert proc.stdout is not None
         async for raw in proc.stdout:
             line = raw.decode(errors="replace")
             sys.stdout.write(line)
             sys.stdout.flush()
             if self.ready_line in line:
                 ready.set()
-
-    async def _probe(self, proc: asyncio.subprocess.Process, url: str) -> None:
-        async with httpx.AsyncClient() as client:
-            while proc.returncode is None:
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(url, timeout=1.0)).status_code == 200:
-                        return
-                await asyncio.sleep(0.05)
-        await self.stop(0)
-        raise StartError(f"the {self.name} {describe_exit(proc.returncode)} while starting")
 
     async def wait(self) -> int:
         assert self._proc is not None
@@ -243,12 +232,15 @@ class Supervisor:
         http_host, http_port = _loopback(parse_address(server.http, "server.http"))
         self.http_url = f"http://{http_host}:{http_port}"
         self.public_url = self.http_url
-        self.children: list[Child] = [
-            PythonChild("service", [*command, "service", "--config", str(config_path)],
-                        ready_line="gRPC service listening", timeout=300.0),
-            PythonChild("edge", [*command, "edge", "--config", str(config_path)],
-                        health_url=f"{self.http_url}/healthz", timeout=60.0),
-        ]
+        # server.workers service and edge processes share their ports (SO_REUSEPORT).
+        count = server.workers
+        services: list[Child] = [
+            PythonChild(_numbered("service", i, count), [*command, "service", "--config", str(config_path)],
+                        ready_line="gRPC service listening", timeout=300.0) for i in range(count)]
+        edges: list[Child] = [
+            PythonChild(_numbered("edge", i, count), [*command, "edge", "--config", str(config_path)],
+                        ready_line=EDGE_READY, timeout=60.0) for i in range(count)]
+        self.children: list[Child] = [*services, *edges]
         if server.envoy:
             self.children.append(EnvoyChild(envoy_config(config)))
             env_host, env_port = _loopback(parse_address(server.envoy, "server.envoy"))
@@ -291,9 +283,10 @@ class Supervisor:
         return 0
 
     async def _start_all(self) -> None:
-        for child in self.children:
+        for i, child in enumerate(self.children):
             await child.start()
-            if child.name == "edge":
+            following = self.children[i + 1] if i + 1 < len(self.children) else None
+            if child.name.startswith("edge") and (following is None or not following.name.startswith("edge")):
                 say(f"HTTP edge listening on {self.http_url}")
             elif child.name == "Envoy":
                 say(f"Envoy listening on {self.public_url}")
