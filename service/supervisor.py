@@ -187,6 +187,8 @@ class EnvoyChild(Child):
             raise StartError(str(exc)) from None
 
     async def wait(self) -> int:
+        if self._envoy.pid is None:  # a failed start already stopped it
+            return 1
         return await self._envoy.wait()
 
     async def stop(self, timeout: float) -> None:
@@ -297,6 +299,14 @@ class Supervisor:
             + " -d '{\"input\": \"Say hello\"}'")
 
     async def _watch(self, child: Child) -> None:
+        try:
+            await self._restart_forever(child)
+        except Exception as exc:  # an unsupervised child is worse than none: stop everything
+            log.exception("supervising the %s failed", child.name)
+            self._failure = f"supervising the {child.name} failed: {exc!r}"
+            self._stop.set()
+
+    async def _restart_forever(self, child: Child) -> None:
         """Restarts ``child`` whenever it dies, until the restart budget is spent."""
         server = self.config.server
         recent = self._restarts[child.name]
