@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import grpc
@@ -29,6 +29,7 @@ from service.errors import UpstreamError
 from service.providers.base import Delta, Turn
 
 JSON = dict[str, Any]
+T = TypeVar("T")
 _DRAIN_SECONDS = 1.0
 
 
@@ -96,30 +97,68 @@ class Timeouts:
 
 
 class _Clock:
-    """The deadlines of one call. ``phase`` bounds a wait by the phase's own limit, the total limit and the
-    caller's deadline, and remembers which of them fired."""
+    """The deadlines of one call. ``wait`` bounds one wait by the phase's own limit, the total limit and the
+    caller's deadline, and remembers which of them fired.
+
+    A stream waits once per chunk, so a wait must cost next to nothing: instead of a timer per wait, one timer
+    wakes up at the earliest deadline that may have passed and, if a wait is still under way and past its deadline,
+    cancels it (turned into TimeoutError); otherwise it sleeps until the current wait's deadline."""
 
     def __init__(self, limits: Timeouts, caller_timeout: float | None) -> None:
-        now = asyncio.get_running_loop().time()
+        self._loop = asyncio.get_running_loop()
+        now = self._loop.time()
         self.limits = limits
         self.first_byte_at = now + limits.first_byte
         self.total_at = now + limits.total
         self.caller_at = now + max(caller_timeout, 0.0) if caller_timeout is not None else float("inf")
         self.fired: str | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._which = ""
+        self._at = float("inf")  # the deadline of the wait under way; inf between waits
+        self._timer: asyncio.TimerHandle | None = None
+        self._cancelled = False
 
-    @asynccontextmanager
-    async def phase(self, name: str) -> AsyncIterator[None]:
-        own = self.first_byte_at if name == "first_byte" else asyncio.get_running_loop().time() + self.limits.idle
-        limits = {name: own, "total": self.total_at, "deadline": self.caller_at}
-        which = min(limits, key=limits.__getitem__)
-        timeout = asyncio.timeout_at(limits[which])
+    async def wait(self, phase: str, awaitable: Awaitable[T]) -> T:
+        own = self.first_byte_at if phase == "first_byte" else self._loop.time() + self.limits.idle
+        which, at = phase, own
+        if self.total_at < at:
+            which, at = "total", self.total_at
+        if self.caller_at < at:
+            which, at = "deadline", self.caller_at
+        self._which, self._at, self._task = which, at, asyncio.current_task()
+        if self._timer is None or self._timer.when() > at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(at, self._check)
         try:
-            async with timeout:
-                yield
-        except TimeoutError:
-            if timeout.expired():
-                self.fired = which
+            result = await awaitable
+            if self._cancelled:
+                # The deadline passed just as the wait ended: the cancellation is still on its way; take it here.
+                await asyncio.sleep(0)
+            return result
+        except asyncio.CancelledError:
+            if self._cancelled and self._task is not None and self._task.uncancel() == 0:
+                raise TimeoutError from None
             raise
+        finally:
+            self._at = float("inf")
+            self._cancelled = False
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._at == float("inf") or self._task is None:
+            return  # no wait under way: the next one sets the timer again
+        if self._loop.time() >= self._at:
+            self.fired = self._which
+            self._cancelled = True
+            self._task.cancel()
+        else:
+            self._timer = self._loop.call_at(self._at, self._check)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def error(self, retryable: bool) -> UpstreamError:
         limits, which = self.limits, self.fired
@@ -230,8 +269,7 @@ class HttpProvider(ABC):
         """The body's chunks as they arrive, each wait bounded by the first-byte or idle limit."""
         phase = "first_byte"
         while True:
-            async with clock.phase(phase):
-                chunk = await response.content.readany()
+            chunk = await clock.wait(phase, response.content.readany())
             if not chunk:
                 return
             phase = "idle"
@@ -249,8 +287,8 @@ class HttpProvider(ABC):
         started = False  # response headers arrived: errors from here on come mid-response
         sent = False  # a delta went to the caller
         try:
-            async with clock.phase("first_byte"):
-                response = await self._client().post(self._url, data=content, timeout=timeout)
+            response = await clock.wait("first_byte", self._client().post(self._url, data=content,
+                                                                          timeout=timeout))
             async with response:
                 if response.status >= 300:
                     raise self.status_error(response.status, await self._read(response, clock), response.headers)
@@ -292,3 +330,5 @@ class HttpProvider(ABC):
             if started:
                 raise interrupted() from exc
             raise unavailable(exc) from exc
+        finally:
+            clock.close()

@@ -27,6 +27,7 @@ from service.envoy import EnvoyAddresses, EnvoyProcess, otlp_grpc_address, rende
 from service.supervisor import envoy_config
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
 from tests.e2e.stack import API_KEY, Process, free_port, start_stack, start_upstream, write_config
+from tests.processes import launcher
 
 TEMPLATE = (Path(__file__).resolve().parents[2] / "deploy" / "envoy" / "envoy.yaml").read_text()
 ROTEL_AGENT = Path(rotel.__file__).resolve().parent / "rotel-agent"
@@ -260,7 +261,7 @@ async def test_a_killed_replica_is_ejected_without_failing_unary_calls(tmp_path:
         envoy = EnvoyProcess(render_config(TEMPLATE, EnvoyAddresses(
             public=("127.0.0.1", free_port()), edge=("127.0.0.1", free_port()), service=addresses[0],
             services=addresses, admin=("127.0.0.1", free_port()), grpc_internal=("127.0.0.1", internal))),
-            drain_time_s=1)
+            drain_time_s=1, launcher=launcher())
         await envoy.start()
         deadline = time.monotonic() + 20
         while set((await host_flags(envoy.admin_url, "service")).values()) != {"healthy"}:
