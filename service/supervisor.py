@@ -141,8 +141,9 @@ class PythonChild(Child):
         assert proc.stdout is not None
         async for raw in proc.stdout:
             line = raw.decode(errors="replace")
-            sys.stdout.write(line)
-            sys.stdout.flush()
+            with contextlib.suppress(OSError):  # serve's own stdout gone: keep draining the child's
+                sys.stdout.write(line)
+                sys.stdout.flush()
             if self.ready_line in line:
                 ready.set()
 
