@@ -8,11 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import openai
 import pytest
 
+from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
 from tests.e2e.stack import API_KEY, Stack, start_stack
+from tests.e2e.test_grpc import details
 
 LIMITS = {"first_byte": 1, "idle": 1, "total": 3}
 
@@ -91,3 +94,18 @@ def test_an_upstream_that_trickles_bytes_hits_the_total_limit(http: httpx.Client
     assert status == 504
     assert error["type"] == "timeout_error"
     assert error["message"] == "the upstream did not finish within 3 s (total timeout)"
+
+
+def test_the_callers_deadline_bounds_a_hung_call_with_a_clear_error(hung: Stack) -> None:
+    # The provider's first-byte limit is 1 s; the caller's 0.9 s deadline is earlier and wins, and the caller gets
+    # the service's error saying so rather than a bare DEADLINE_EXCEEDED.
+    request = responses_service_pb2.CreateResponseRequest(model="fake/hang",
+                                                          input=responses_service_pb2.Input(text="x"))
+    with grpc.insecure_channel(hung.grpc) as channel:
+        stub = responses_service_pb2_grpc.ResponsesStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.CreateResponse(request, metadata=[("authorization", f"Bearer {API_KEY}")], timeout=0.9)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+    assert caught.value.details() == "the request's deadline passed while waiting for the upstream"  # type: ignore[attr-defined]
+    info, _ = details(caught.value)
+    assert info is not None and info.reason == "upstream_timeout"
