@@ -12,6 +12,7 @@ from edge.app import Edge
 from edge.routes import create_app
 from service import telemetry
 from service.config import Config, parse_address
+from service.supervisor import EDGE_READY
 
 
 def grpc_target(config: Config) -> str:
@@ -36,9 +37,31 @@ def build_app(config: Config) -> ASGIApp:
     return app
 
 
+class _Server(uvicorn.Server):
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if not self.should_exit:
+            # `switchboard serve` waits for this line (a probe of a shared port could reach another edge process).
+            print(f"switchboard: {EDGE_READY}", flush=True)
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket with SO_REUSEPORT, so several edge processes share one port (the kernel spreads the
+    connections over them)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(False)
+    return sock
+
+
 async def serve(config: Config, sock: socket.socket | None = None) -> None:
     host, port = parse_address(config.server.http, "server.http")
-    server = uvicorn.Server(uvicorn.Config(
+    if sock is None and config.server.workers > 1:
+        sock = shared_socket(host, port)
+    server = _Server(uvicorn.Config(
         build_app(config), host=host, port=port, loop="none", http="httptools", lifespan="on",
         access_log=False, log_level="warning", timeout_graceful_shutdown=int(config.server.grace),
         ws="websockets-sansio",

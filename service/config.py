@@ -50,6 +50,11 @@ class ServerConfig:
     metrics: str | None = None
     # Where Envoy sends its spans (OTLP/gRPC HOST:PORT); defaults to the OTEL_EXPORTER_OTLP_* endpoint.
     envoy_otlp: str | None = None
+    # `switchboard serve` restarts a child that dies, at most `restart_limit` times within `restart_window` seconds.
+    restart_limit: int = 5
+    restart_window: float = 60.0
+    # Service and edge processes `serve` runs, sharing their ports (SO_REUSEPORT); "auto" = one per CPU core.
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,14 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
     if "envoy_config" in server_raw:
         path = Path(server_raw["envoy_config"])
         server_raw["envoy_config"] = path if path.is_absolute() else (base_dir or Path.cwd()) / path
+    if server_raw.get("workers") == "auto":
+        server_raw["workers"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = server_raw.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"server.workers: a number of processes >= 1 or \"auto\", got {workers!r}")
     server = ServerConfig(**server_raw)
+    if not isinstance(server.restart_limit, int) or server.restart_limit < 0 or server.restart_window <= 0:
+        raise ConfigError("server.restart_limit: a count >= 0; server.restart_window: seconds > 0")
     for key in ("grpc", "http", "envoy", "envoy_grpc", "envoy_admin", "metrics", "envoy_otlp"):
         value = getattr(server, key)
         if value is not None:
@@ -199,6 +211,10 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
             raise ConfigError(f"pricing.{name}: expected {{prompt: USD per 1M tokens, completion: ...}}")
         prices[str(name)] = (float(price.get("prompt", 0)), float(price.get("completion", 0)))
     otel = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    rate_limits = _rate_limits(data.get("rate_limits"), env)
+    if server.workers > 1 and rate_limits.enabled and not rate_limits.redis_url:
+        raise ConfigError("rate_limits: with server.workers > 1 the service processes must share their counts; "
+                          "set rate_limits.redis_url (or redis_url_env)")
     return Config(
         server=server,
         api_keys=keys,
@@ -214,7 +230,7 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
         store_default=bool(data.get("store_default", True)),
         routing=parse_routing(data.get("routing"), set(names)),
         background=_background(data.get("background")),
-        rate_limits=_rate_limits(data.get("rate_limits"), env),
+        rate_limits=rate_limits,
         retention_seconds=float(data.get("retention_seconds", Config.retention_seconds)),
     )
 

@@ -145,8 +145,11 @@ async def drain_envoy(admin_url: str, timeout: float, min_wait: float = 0.0) -> 
 
 
 class EnvoyProcess:
-    def __init__(self, config_text: str, *, log_level: str = "warning", drain_time_s: int = 5) -> None:
+    def __init__(self, config_text: str, *, log_level: str = "warning", drain_time_s: int = 5,
+                 launcher: list[str] | None = None) -> None:
+        """``launcher`` is a command prefix Envoy runs under (`switchboard serve` uses ``service.lifeline``)."""
         self.config_text = config_text
+        self.launcher = launcher or []
         self.log_level = log_level
         self.drain_time_s = drain_time_s
         self.admin_url = ""
@@ -165,7 +168,7 @@ class EnvoyProcess:
         args += ["-c", str(config_path), "-l", self.log_level, "--admin-address-path", str(admin_path)]
         # stdout (the JSON access log) is inherited; stderr is forwarded and its tail kept for error messages.
         self._proc = await asyncio.create_subprocess_exec(
-            find_envoy(), *args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+            *self.launcher, find_envoy(), *args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         self._pump = asyncio.create_task(self._forward_stderr())
         deadline = time.monotonic() + timeout
@@ -183,6 +186,15 @@ class EnvoyProcess:
                 await asyncio.sleep(0.05)
         await self.stop(drain=False)
         raise EnvoyError(f"envoy was not ready within {timeout} s:\n{self.stderr_tail}")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def wait(self) -> int:
+        """Waits until the running Envoy exits; its exit status (negative: the signal that ended it)."""
+        assert self._proc is not None
+        return await self._proc.wait()
 
     @property
     def stderr_tail(self) -> str:

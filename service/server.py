@@ -29,7 +29,9 @@ def create_server(config: Config, runner: TurnRunner, *, store: Store | None = N
         options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.max_send_message_length", _MAX_MESSAGE),
-            ("grpc.so_reuseport", 0),
+            # Several service processes of one `serve` (server.workers) share the port; otherwise a second
+            # server on a taken port must fail, not silently split the traffic.
+            ("grpc.so_reuseport", 1 if config.server.workers > 1 else 0),
             ("grpc.max_metadata_size", 1024 * 1024),
         ],
     )

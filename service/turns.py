@@ -51,6 +51,9 @@ def previous_not_found(response_id: str) -> ApiError:
 
 # Output tokens kept free when trimming a context with no max_output_tokens.
 _DEFAULT_OUTPUT_RESERVE = 1024
+# The upstream call ends this long (at most a quarter of the time left) before the caller's deadline, so that the
+# caller gets our error naming the limit that fired rather than a bare DEADLINE_EXCEEDED of its own.
+_DEADLINE_MARGIN = 0.25
 _TIERS = {"auto": response_pb2.SERVICE_TIER_AUTO, "default": response_pb2.SERVICE_TIER_DEFAULT,
           "flex": response_pb2.SERVICE_TIER_FLEX, "priority": response_pb2.SERVICE_TIER_PRIORITY,
           "scale": response_pb2.SERVICE_TIER_SCALE}
@@ -194,7 +197,8 @@ class TurnRunner:
                 turn.items = trim(turn.items, context_length=endpoint.context_length,
                                   reserve_output=turn.max_output_tokens or _DEFAULT_OUTPUT_RESERVE)
             if timeout is not None:
-                turn.timeout = max(0.0, timeout - (time.monotonic() - started_at))
+                left = timeout - (time.monotonic() - started_at)
+                turn.timeout = max(0.0, left - min(_DEADLINE_MARGIN, left / 4))
             span = self._attempt_span(attempt, prepared, request)
             deltas = self._providers[endpoint.provider].stream(turn)
             try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import socket
 import subprocess
@@ -11,6 +10,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
+from tests.processes import kill_tree, launcher, track
 
 
 def _pings(host: str, port: int) -> bool:
@@ -47,9 +48,11 @@ def redis_url() -> Iterator[str]:
         port = s.getsockname()[1]
     workdir = tempfile.mkdtemp(prefix="sb-redis-")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [*launcher(), binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
+    track(proc.pid)
     try:
         deadline = time.monotonic() + 10
         while not _pings("127.0.0.1", port):
@@ -58,10 +61,6 @@ def redis_url() -> Iterator[str]:
             time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_tree(proc.pid, grace=5)
+        proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -33,8 +33,10 @@ class AnthropicProvider(HttpProvider):
         base_url: str = "https://api.anthropic.com",
         api_key: str | None = None,
         headers: dict[str, str] | None = None,
-        connect_timeout: float = 5.0,
-        default_timeout: float = 600.0,
+        connect_timeout: float | None = None,
+        default_timeout: float | None = None,
+        timeouts: dict[str, float] | None = None,
+        model_timeouts: dict[str, dict[str, float]] | None = None,
         max_connections: int = 100,
         anthropic_version: str = "2023-06-01",
         default_max_tokens: int = 4096,
@@ -43,8 +45,8 @@ class AnthropicProvider(HttpProvider):
         ``max_output_tokens``. ``headers`` may add ``anthropic-beta`` flags."""
         own = {"anthropic-version": anthropic_version, **({"x-api-key": api_key} if api_key else {})}
         super().__init__(name, url=base_url.rstrip("/") + "/v1/messages", headers={**own, **(headers or {})},
-                         connect_timeout=connect_timeout, default_timeout=default_timeout,
-                         max_connections=max_connections)
+                         connect_timeout=connect_timeout, default_timeout=default_timeout, timeouts=timeouts,
+                         model_timeouts=model_timeouts, max_connections=max_connections)
         self._default_max_tokens = default_max_tokens
 
     def body(self, turn: Turn) -> JSON:

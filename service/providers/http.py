@@ -1,5 +1,6 @@
-"""What every HTTP upstream shares: one pooled keep-alive client, per-call timeouts from the caller's deadline,
-SSE reading, cancellation (closing the response), error mapping, and draining so connections go back to the pool.
+"""What every HTTP upstream shares: one pooled keep-alive client, time limits (connect, first byte, idle between
+chunks, total; per provider and per model, always bounded by the caller's deadline), SSE reading, cancellation
+(closing the response), error mapping, and draining so connections go back to the pool.
 
 A provider supplies the request body, how to read one JSON body, and a folder that turns SSE events into deltas.
 The client is aiohttp: on the hot path it costs about a quarter of httpx's CPU per upstream call (measured
@@ -9,10 +10,12 @@ The client is aiohttp: on the hot path it costs about a quarter of httpx's CPU p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import suppress
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import grpc
@@ -21,10 +24,12 @@ import orjson
 # httpx-sse's decoder implements the WHATWG event-stream field rules; aiohttp only hands us lines.
 from httpx_sse._decoders import SSEDecoder
 
+from service.config import ConfigError
 from service.errors import UpstreamError
 from service.providers.base import Delta, Turn
 
 JSON = dict[str, Any]
+T = TypeVar("T")
 _DRAIN_SECONDS = 1.0
 
 
@@ -65,12 +70,117 @@ def unavailable(exc: Exception) -> UpstreamError:
                          retryable=True)
 
 
-async def sse_events(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str, str]]:
+@dataclass(frozen=True)
+class Timeouts:
+    """An upstream call's time limits, in seconds; the caller's deadline bounds them all (the earliest wins).
+
+    The defaults suit reasoning models: a unary call to one answers only when it has finished thinking, and a
+    stream may go quiet while it thinks, so first byte and idle are minutes, not seconds; a server that accepts no
+    connection within 5 s is down. ``total`` stops an upstream that trickles bytes forever."""
+
+    connect: float = 5.0  # TCP and TLS set-up
+    first_byte: float = 300.0  # request sent -> first byte of the response body
+    idle: float = 120.0  # the longest silence between two chunks of the body after that
+    total: float = 900.0  # the whole call
+
+    @classmethod
+    def parse(cls, raw: Any, base: Timeouts, where: str) -> Timeouts:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping of {', '.join(cls.__dataclass_fields__)} in seconds")
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+        for key, value in raw.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"{where}.{key}: a number of seconds > 0, got {value!r}")
+        return dataclasses.replace(base, **{k: float(v) for k, v in raw.items()})
+
+
+class _Clock:
+    """The deadlines of one call. ``wait`` bounds one wait by the phase's own limit, the total limit and the
+    caller's deadline, and remembers which of them fired.
+
+    A stream waits once per chunk, so a wait must cost next to nothing: instead of a timer per wait, one timer
+    wakes up at the earliest deadline that may have passed and, if a wait is still under way and past its deadline,
+    cancels it (turned into TimeoutError); otherwise it sleeps until the current wait's deadline."""
+
+    def __init__(self, limits: Timeouts, caller_timeout: float | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        now = self._loop.time()
+        self.limits = limits
+        self.first_byte_at = now + limits.first_byte
+        self.total_at = now + limits.total
+        self.caller_at = now + max(caller_timeout, 0.0) if caller_timeout is not None else float("inf")
+        self.fired: str | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._which = ""
+        self._at = float("inf")  # the deadline of the wait under way; inf between waits
+        self._timer: asyncio.TimerHandle | None = None
+        self._cancelled = False
+
+    async def wait(self, phase: str, awaitable: Awaitable[T]) -> T:
+        own = self.first_byte_at if phase == "first_byte" else self._loop.time() + self.limits.idle
+        which, at = phase, own
+        if self.total_at < at:
+            which, at = "total", self.total_at
+        if self.caller_at < at:
+            which, at = "deadline", self.caller_at
+        self._which, self._at, self._task = which, at, asyncio.current_task()
+        if self._timer is None or self._timer.when() > at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(at, self._check)
+        try:
+            result = await awaitable
+            if self._cancelled:
+                # The deadline passed just as the wait ended: the cancellation is still on its way; take it here.
+                await asyncio.sleep(0)
+            return result
+        except asyncio.CancelledError:
+            if self._cancelled and self._task is not None and self._task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._at = float("inf")
+            self._cancelled = False
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._at == float("inf") or self._task is None:
+            return  # no wait under way: the next one sets the timer again
+        if self._loop.time() >= self._at:
+            self.fired = self._which
+            self._cancelled = True
+            self._task.cancel()
+        else:
+            self._timer = self._loop.call_at(self._at, self._check)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def error(self, retryable: bool) -> UpstreamError:
+        limits, which = self.limits, self.fired
+        if which == "first_byte":
+            message = f"the upstream sent nothing within {limits.first_byte:g} s (first-byte timeout)"
+        elif which == "idle":
+            message = f"the upstream went silent for {limits.idle:g} s in the middle of its response (idle timeout)"
+        elif which == "total":
+            message = f"the upstream did not finish within {limits.total:g} s (total timeout)"
+        else:
+            message = "the request's deadline passed while waiting for the upstream"
+        # Past the caller's deadline a retry cannot help; past one of our own limits another attempt may.
+        return UpstreamError(message, code="upstream_timeout", status=grpc.StatusCode.DEADLINE_EXCEEDED,
+                             retryable=retryable and which != "deadline")
+
+
+async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, str]]:
     """(event, data) pairs of an event stream. Lines may end in LF, CRLF or CR, and may be longer than
     aiohttp's readline limit (a final snapshot can be large), so lines are split here."""
     decoder = SSEDecoder()
     pending = b""
-    async for chunk in content.iter_any():
+    async for chunk in chunks:
         pending += chunk
         if b"\r" in pending:
             pending = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
@@ -89,13 +199,25 @@ class HttpProvider(ABC):
     """The shared HTTP side of a provider. Subclasses implement ``body``, ``parse_body``, ``folder`` and
     ``status_error``."""
 
-    def __init__(self, name: str, *, url: str, headers: dict[str, str], connect_timeout: float,
-                 default_timeout: float, max_connections: int) -> None:
+    def __init__(self, name: str, *, url: str, headers: dict[str, str], max_connections: int,
+                 connect_timeout: float | None = None, default_timeout: float | None = None,
+                 timeouts: dict[str, float] | None = None,
+                 model_timeouts: dict[str, dict[str, float]] | None = None) -> None:
+        """``timeouts`` overrides the :class:`Timeouts` defaults for this provider, ``model_timeouts`` those of
+        one upstream model; ``connect_timeout`` and ``default_timeout`` are older spellings of ``connect`` and
+        ``total``."""
         self.name = name
         self._url = url
         self._headers = {"content-type": "application/json", **headers}
-        self._connect_timeout = connect_timeout
-        self._default_timeout = default_timeout
+        older = {"connect": connect_timeout, "total": default_timeout}
+        base = Timeouts.parse({k: v for k, v in older.items() if v is not None}, Timeouts(), f"providers.{name}")
+        self._timeouts = Timeouts.parse(timeouts or {}, base, f"providers.{name}.timeouts")
+        if not isinstance(model_timeouts, dict | None):
+            raise ConfigError(f"providers.{name}.model_timeouts: expected a mapping of model -> timeouts")
+        self._model_timeouts = {
+            str(model): Timeouts.parse(raw, self._timeouts, f"providers.{name}.model_timeouts.{model}")
+            for model, raw in (model_timeouts or {}).items()
+        }
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         # Connections opened so far: with keep-alive, far fewer than requests.
@@ -139,29 +261,49 @@ class HttpProvider(ABC):
         if self._session is not None:
             await self._session.close()
 
-    def _timeout(self, seconds: float | None) -> aiohttp.ClientTimeout:
-        # Timeouts bound each wait (connect, every read), not the whole call; past the caller's deadline the
-        # caller cancels us, and cancellation closes the response.
-        total = self._default_timeout if seconds is None else max(seconds, 0.001)
-        return aiohttp.ClientTimeout(total=None, sock_connect=min(self._connect_timeout, total), sock_read=total)
+    def timeouts(self, model: str) -> Timeouts:
+        """The time limits of a call to ``model``."""
+        return self._model_timeouts.get(model, self._timeouts)
+
+    async def _chunks(self, response: aiohttp.ClientResponse, clock: _Clock) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive, each wait bounded by the first-byte or idle limit."""
+        phase = "first_byte"
+        while True:
+            chunk = await clock.wait(phase, response.content.readany())
+            if not chunk:
+                return
+            phase = "idle"
+            yield chunk
+
+    async def _read(self, response: aiohttp.ClientResponse, clock: _Clock) -> bytes:
+        return b"".join([chunk async for chunk in self._chunks(response, clock)])
 
     async def stream(self, turn: Turn) -> AsyncGenerator[Delta, None]:
         content = orjson.dumps(self.body(turn))
-        timeout = self._timeout(turn.timeout)
+        limits = self.timeouts(turn.model)
+        clock = _Clock(limits, turn.timeout)
+        # aiohttp bounds the connection set-up; the clock bounds every other wait.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=limits.connect, sock_read=None)
         started = False  # response headers arrived: errors from here on come mid-response
+        sent = False  # a delta went to the caller
         try:
-            async with self._client().post(self._url, data=content, timeout=timeout) as response:
+            response = await clock.wait("first_byte", self._client().post(self._url, data=content,
+                                                                          timeout=timeout))
+            async with response:
                 if response.status >= 300:
-                    raise self.status_error(response.status, await response.read(), response.headers)
+                    raise self.status_error(response.status, await self._read(response, clock), response.headers)
                 started = True
                 if not turn.stream or "text/event-stream" not in response.headers.get("content-type", ""):
                     # Unary, or a server that ignored stream=true and answered with one JSON body.
-                    for delta in self.parse_body(loads(await response.read())):
+                    deltas = self.parse_body(loads(await self._read(response, clock)))
+                    sent = True
+                    for delta in deltas:
                         yield delta
                     return
                 folder = self.folder()
-                async for event, data in sse_events(response.content):
+                async for event, data in sse_events(self._chunks(response, clock)):
                     for delta in folder.feed_sse(event, data):
+                        sent = True
                         yield delta
                     if folder.done:
                         break
@@ -174,11 +316,13 @@ class HttpProvider(ABC):
                         async with asyncio.timeout(_DRAIN_SECONDS):
                             await response.read()
         except aiohttp.ConnectionTimeoutError as exc:
-            if timeout.sock_connect == self._connect_timeout:
-                raise unavailable(exc) from exc
-            raise self._timed_out(turn, timeout, started) from exc
-        except (aiohttp.SocketTimeoutError, TimeoutError) as exc:
-            raise self._timed_out(turn, timeout, started) from exc
+            raise UpstreamError(f"the upstream accepted no connection within {limits.connect:g} s (connect timeout)",
+                                code="upstream_timeout", status=grpc.StatusCode.DEADLINE_EXCEEDED,
+                                retryable=True) from exc
+        except TimeoutError as exc:
+            if clock.fired is None:
+                raise
+            raise clock.error(retryable=not sent) from exc
         except aiohttp.ClientConnectorError as exc:
             raise unavailable(exc) from exc
         except (aiohttp.ClientError, OSError) as exc:
@@ -186,10 +330,5 @@ class HttpProvider(ABC):
             if started:
                 raise interrupted() from exc
             raise unavailable(exc) from exc
-
-    def _timed_out(self, turn: Turn, timeout: aiohttp.ClientTimeout, started: bool) -> UpstreamError:
-        limit = timeout.sock_read if timeout.sock_read is not None else self._default_timeout
-        # Past the caller's deadline a retry cannot help; past our own default timeout it may.
-        return UpstreamError(f"the upstream did not respond within {limit:g}s", code="upstream_timeout",
-                             status=grpc.StatusCode.DEADLINE_EXCEEDED,
-                             retryable=turn.timeout is None and not started)
+        finally:
+            clock.close()

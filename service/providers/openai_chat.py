@@ -41,8 +41,10 @@ class OpenAIChatProvider(HttpProvider):
         base_url: str,
         api_key: str | None = None,
         headers: dict[str, str] | None = None,
-        connect_timeout: float = 5.0,
-        default_timeout: float = 600.0,
+        connect_timeout: float | None = None,
+        default_timeout: float | None = None,
+        timeouts: dict[str, float] | None = None,
+        model_timeouts: dict[str, dict[str, float]] | None = None,
         max_connections: int = 100,
         developer_role: bool = True,
         max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
@@ -53,8 +55,8 @@ class OpenAIChatProvider(HttpProvider):
         """
         auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
         super().__init__(name, url=base_url.rstrip("/") + "/chat/completions", headers={**auth, **(headers or {})},
-                         connect_timeout=connect_timeout, default_timeout=default_timeout,
-                         max_connections=max_connections)
+                         connect_timeout=connect_timeout, default_timeout=default_timeout, timeouts=timeouts,
+                         model_timeouts=model_timeouts, max_connections=max_connections)
         self._developer_role = developer_role
         self._max_tokens_param = max_tokens_param
 

@@ -29,6 +29,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from service.envoy import EnvoyAddresses, EnvoyError, EnvoyProcess, render_config
+from tests.processes import launcher
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "deploy" / "envoy" / "envoy.yaml"
 TEMPLATE = TEMPLATE_PATH.read_text()
@@ -155,7 +156,7 @@ async def stack(edge_port: int, grpc_service: tuple[int, health.HealthServicer])
         admin=local(free_port()),
         grpc_internal=local(internal),
     )
-    envoy = EnvoyProcess(render_config(TEMPLATE, addrs), drain_time_s=2)
+    envoy = EnvoyProcess(render_config(TEMPLATE, addrs), drain_time_s=2, launcher=launcher())
     await envoy.start()
     try:
         yield Stack(envoy, f"http://127.0.0.1:{public}", f"127.0.0.1:{internal}")
@@ -360,6 +361,6 @@ async def test_start_fails_with_envoys_message_when_the_port_is_taken() -> None:
         addrs = EnvoyAddresses(
             public=local(port), edge=local(free_port()), service=local(free_port()), admin=local(free_port())
         )
-        envoy = EnvoyProcess(render_config(TEMPLATE, addrs))
+        envoy = EnvoyProcess(render_config(TEMPLATE, addrs), launcher=launcher())
         with pytest.raises(EnvoyError, match="(?i)address already in use"):
             await envoy.start(timeout=15)

@@ -22,11 +22,12 @@ import pytest
 import rotel
 import yaml
 
-from service import cli
 from service.config import from_dict
 from service.envoy import EnvoyAddresses, EnvoyProcess, otlp_grpc_address, render_config
+from service.supervisor import envoy_config
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
 from tests.e2e.stack import API_KEY, Process, free_port, start_stack, start_upstream, write_config
+from tests.processes import launcher
 
 TEMPLATE = (Path(__file__).resolve().parents[2] / "deploy" / "envoy" / "envoy.yaml").read_text()
 ROTEL_AGENT = Path(rotel.__file__).resolve().parent / "rotel-agent"
@@ -260,7 +261,7 @@ async def test_a_killed_replica_is_ejected_without_failing_unary_calls(tmp_path:
         envoy = EnvoyProcess(render_config(TEMPLATE, EnvoyAddresses(
             public=("127.0.0.1", free_port()), edge=("127.0.0.1", free_port()), service=addresses[0],
             services=addresses, admin=("127.0.0.1", free_port()), grpc_internal=("127.0.0.1", internal))),
-            drain_time_s=1)
+            drain_time_s=1, launcher=launcher())
         await envoy.start()
         deadline = time.monotonic() + 20
         while set((await host_flags(envoy.admin_url, "service")).values()) != {"healthy"}:
@@ -380,16 +381,6 @@ def test_otlp_endpoint_to_envoy_collector_address(endpoint: str, expected: tuple
     assert otlp_grpc_address(endpoint) == expected
 
 
-class _FakeEnvoy:
-    rendered: list[str] = []
-
-    def __init__(self, config_text: str) -> None:
-        _FakeEnvoy.rendered.append(config_text)
-
-    async def start(self) -> None:
-        pass
-
-
 @pytest.mark.parametrize(("env", "envoy_otlp", "expected"), [
     ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317", "OTEL_SDK_DISABLED": "true"}, None, None),
     ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317"}, None, ("a", 4317)),
@@ -398,18 +389,15 @@ class _FakeEnvoy:
     ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://a:4317"}, None, None),
     ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://a:4317"}, "plain-collector:4317", ("plain-collector", 4317)),
 ])
-async def test_serve_points_envoys_tracer_at_the_collector(
-        monkeypatch: pytest.MonkeyPatch, env: dict[str, str], envoy_otlp: str | None,
-        expected: tuple[str, int] | None) -> None:
-    monkeypatch.setattr(cli, "EnvoyProcess", _FakeEnvoy)
+def test_serve_points_envoys_tracer_at_the_collector(
+        env: dict[str, str], envoy_otlp: str | None, expected: tuple[str, int] | None) -> None:
     server = {"envoy": "127.0.0.1:10000", "envoy_grpc": "127.0.0.1:10001",
               **({"envoy_otlp": envoy_otlp} if envoy_otlp else {})}
     config = from_dict({"server": server}, env=env)
-    _FakeEnvoy.rendered.clear()
-    await cli._start_envoy(config)
-    clusters = {c["name"]: c for c in yaml.safe_load(_FakeEnvoy.rendered[0])["static_resources"]["clusters"]}
+    rendered = envoy_config(config)
+    clusters = {c["name"]: c for c in yaml.safe_load(rendered)["static_resources"]["clusters"]}
     if expected is None:
-        assert "otel_collector" not in clusters and "tracing" not in _FakeEnvoy.rendered[0]
+        assert "otel_collector" not in clusters and "tracing" not in rendered
     else:
         endpoint = clusters["otel_collector"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
         address = endpoint["endpoint"]["address"]["socket_address"]

@@ -19,6 +19,7 @@ import yaml
 
 from service import envoy
 from service.config import from_dict
+from tests.processes import launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ["dev", "prod"]
@@ -188,7 +189,7 @@ def test_the_envoy_container_command_starts_envoy(tmp_path: Path) -> None:
     addrs = envoy.EnvoyAddresses(public=public, edge=edge, service=service, admin=admin)
     config = tmp_path / "envoy.yaml"
     config.write_text(envoy.render_config((ROOT / "deploy" / "envoy" / "envoy.yaml").read_text(), addrs))
-    argv = [envoy.find_envoy(), "-c", str(config), *command[3:]]
+    argv = [*launcher(), envoy.find_envoy(), "-c", str(config), *command[3:]]
     with subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     ) as proc:

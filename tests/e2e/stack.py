@@ -12,10 +12,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import yaml
+
+from tests.processes import descendants, kill_tree, launcher, track
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "sk-test-0123456789"
@@ -28,26 +30,32 @@ def free_port() -> int:
 
 
 class Process:
-    """A child process whose output lines are collected, so tests can wait for a line."""
+    """A child process whose output lines are collected, so tests can wait for a line.
+
+    The process leads a process group of its own and dies with the pytest process (see tests/processes.py). The
+    pump thread alone owns the output pipe and ends when every writer is gone; `stop` never waits on it, so a
+    grandchild that still holds the pipe cannot hang the suite."""
 
     def __init__(self, args: list[str], *, env: dict[str, str] | None = None, name: str = "") -> None:
         self.name = name or args[0]
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
         self.proc = subprocess.Popen(
-            args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True,
+            [*launcher(), *args], cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, start_new_session=True,
         )
-        threading.Thread(target=self._pump, daemon=True).start()
+        track(self.proc.pid)
+        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
 
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        try:
-            for line in self.proc.stdout:
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _pump(self, stdout: IO[str]) -> None:
+        with stdout:
+            for line in stdout:
                 self.output.append(line)
                 self.lines.put(line)
-        except ValueError:  # closed by stop()
-            pass
 
     def wait_for(self, marker: str, timeout: float = 90.0) -> str:
         deadline = time.monotonic() + timeout
@@ -55,7 +63,7 @@ class Process:
             try:
                 line = self.lines.get(timeout=0.1)
             except queue.Empty:
-                if self.proc.poll() is not None:
+                if self.proc.poll() is not None and self.lines.empty():
                     break
                 continue
             if marker in line:
@@ -63,16 +71,17 @@ class Process:
         raise RuntimeError(f"{self.name} did not print {marker!r}:\n{''.join(self.output)[-4000:]}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Sends ``sig`` and waits up to ``timeout`` for the process to exit; then kills its group and every
+        descendant that is left. Its exit status."""
+        family = descendants(self.proc.pid)
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
+                pass
+        kill_tree(self.proc.pid, known=family)
+        return self.proc.wait(5)
 
 
 def start_upstream(kind: str = "openai_chat") -> tuple[Process, str]:

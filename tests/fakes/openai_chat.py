@@ -29,7 +29,7 @@ JSON = dict[str, Any]
 REQUESTS: list[JSON] = []
 STATS: dict[str, int] = {"cancelled": 0, "completed": 0}
 MODELS = ("echo", "fixed-200", "fail-500", "fail-429", "fail-400", "drop-mid-stream", "slow-300",
-          "tool-call", "reasoning")
+          "tool-call", "reasoning", "hang", "stall-mid-stream", "trickle-500")
 _FAILS: dict[str, tuple[int, str, str | None, str]] = {
     "fail-500": (500, "server_error", None, "The server had an error while processing your request."),
     "fail-429": (429, "requests", "rate_limit_exceeded", "Rate limit reached for requests (fake fail-429)."),
@@ -237,6 +237,37 @@ async def _deliver(receive: Receive, send: Send, parts: list[bytes], stream: boo
             watcher.cancel()
 
 
+async def _misbehave(receive: Receive, send: Send, model: str, parts: list[bytes], stream: bool) -> None:
+    """A hung upstream. `hang`: takes the request and never answers. `stall-mid-stream`: sends the headers and the
+    first two events (or half the JSON body), then nothing more. `trickle-<ms>`: sends the body one byte every <ms>
+    milliseconds. Each holds the connection until the client goes away."""
+    task = asyncio.current_task()
+    assert task is not None
+    flags = _Flags()
+    watcher = asyncio.ensure_future(_watch(receive, task, flags))
+    forever = asyncio.Event()
+    try:
+        if model == "hang":
+            await forever.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS if stream else [_JSON_CT]})
+        if model == "stall-mid-stream":
+            head = b"".join(parts[:2]) if stream else parts[0][: len(parts[0]) // 2]
+            await send({"type": "http.response.body", "body": head, "more_body": True})
+            await forever.wait()
+        body, gap = b"".join(parts), int(model[8:]) / 1000
+        for i in range(len(body)):
+            await send({"type": "http.response.body", "body": body[i:i + 1], "more_body": i < len(body) - 1})
+            await asyncio.sleep(gap)
+        STATS["completed"] += 1
+    except asyncio.CancelledError:
+        if not flags.disconnected:
+            raise
+        task.uncancel()
+        STATS["cancelled"] += 1
+    finally:
+        watcher.cancel()
+
+
 class ChatCompletions:
     """Raw ASGI endpoint for POST /v1/chat/completions (raw to control the stream and disconnects)."""
 
@@ -265,6 +296,10 @@ class ChatCompletions:
             return
         stream = body.get("stream") is True
         reply = _build_reply(body, model)
+        if model in ("hang", "stall-mid-stream") or (model.startswith("trickle-") and model[8:].isdigit()):
+            parts = _stream(reply, model, False, None) if stream else [_completion(reply, model)]
+            await _misbehave(receive, send, model, parts, stream)
+            return
         delay = gap = 0.0
         if model.startswith("slow-") and model[5:].isdigit():
             delay = int(model[5:]) / 1000

@@ -14,6 +14,7 @@ from google.protobuf import struct_pb2
 
 from service.providers.base import Delta, TextDelta, ToolCallDelta, Turn
 from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
+from tests.processes import kill_tree, launcher, track
 
 ROOT = Path(__file__).resolve().parents[2]
 USER, ASSISTANT = items_pb2.MESSAGE_ROLE_USER, items_pb2.MESSAGE_ROLE_ASSISTANT
@@ -89,20 +90,17 @@ def user_turn(model: str, text: str = "hello world", **kw: Any) -> Turn:
 
 def start_fake(module: str) -> Iterator[str]:
     """Runs ``python -m <module>`` on a free port; yields its URL and stops it (closing its pipe)."""
-    proc = subprocess.Popen([sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*launcher(), sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0"],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    track(proc.pid)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
         assert line.startswith("LISTENING http://127.0.0.1:"), line
         yield line.split(" ", 1)[1]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        kill_tree(proc.pid, grace=5)
+        proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,10 @@ def test_secrets_come_from_the_environment() -> None:
     ({"encryption_key": base64.b64encode(b"short").decode()}, "32 bytes"),
     ({"background": {"lease_seconds": 0}}, "positive"),
     ({"pricing": {"local/m": "cheap"}}, "pricing"),
+    ({"server": {"workers": 0}}, "server.workers"),
+    ({"server": {"workers": "many"}}, "server.workers"),
+    ({"server": {"restart_limit": -1}}, "server.restart_limit"),
+    ({"server": {"workers": 2}, "rate_limits": {"requests_per_minute": 5}}, "rate_limits: with server.workers > 1"),
 ])
 def test_bad_config_is_a_clear_error(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -57,3 +62,8 @@ def test_bad_config_is_a_clear_error(change: dict[str, Any], message: str) -> No
 def test_a_routed_default_model() -> None:
     routing = {"models": [{"name": "llama", "endpoints": [{"provider": "vllm", "model": "meta/llama"}]}]}
     assert from_dict({**BASE, "routing": routing, "default_model": "llama"}, env={}).default_model == "llama"
+
+
+def test_workers_auto_is_one_per_core() -> None:
+    assert from_dict({**BASE, "server": {"workers": "auto"}}, env={}).server.workers == len(os.sched_getaffinity(0))
+    assert from_dict(BASE, env={}).server.workers == 1

@@ -1,0 +1,105 @@
+"""`server.workers: N`: serve runs N service and N edge processes sharing their ports; background jobs and rate
+limits (shared through Redis, which several workers require) work across them."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import redis_server
+from tests.e2e.stack import API_KEY, Process, Stack, start_stack, write_config
+from tests.e2e.test_supervisor import answers
+from tests.processes import alive, descendants
+
+AUTH = {"authorization": f"Bearer {API_KEY}"}
+# Its own key each run: a Redis on 127.0.0.1:6379 may keep counts from an earlier run.
+LIMITED = f"sk-limited-{secrets.token_hex(6)}"
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    yield from redis_server.redis_url()
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory, upstream: str, redis_url: str) -> Iterator[Stack]:
+    limits = {"requests_per_minute": 1000, "redis_url": redis_url,
+              "per_key": {LIMITED: {"requests_per_minute": 3}}}
+    stack = start_stack(Path(tmp_path_factory.mktemp("workers")), upstream, local_model=False,
+                        server={"workers": 2}, extra={"rate_limits": limits,
+                                                      "auth": {"api_keys": [API_KEY, LIMITED]}})
+    yield stack
+    stack.stop()
+
+
+def processes(stack: Stack, command: str) -> list[int]:
+    found = []
+    for pid in descendants(stack.process.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        except OSError:
+            continue
+        if parent == stack.process.pid and f"service.cli {command} " in cmdline and alive(pid):
+            found.append(pid)
+    return found
+
+
+def test_two_service_and_two_edge_processes_share_the_ports(workers: Stack) -> None:
+    assert len(processes(workers, "service")) == 2 and len(processes(workers, "edge")) == 2
+    assert workers.envoy is not None
+    for _ in range(20):  # a fresh connection each time: the kernel spreads them over both edges
+        assert answers(workers.http) and answers(workers.envoy)
+
+
+def test_one_edge_killed_the_other_keeps_serving(workers: Stack) -> None:
+    victim = processes(workers, "edge")[0]
+    os.kill(victim, signal.SIGKILL)
+    ok = [answers(workers.http) for _ in range(10)]
+    workers.process.wait_for("is back", timeout=60)
+    assert all(ok), ok
+    assert len(processes(workers, "edge")) == 2 and victim not in processes(workers, "edge")
+
+
+def test_background_jobs_run_across_workers(workers: Stack) -> None:
+    with httpx.Client(base_url=workers.http, headers=AUTH, timeout=30) as http:
+        ids = [http.post("/v1/responses", json={"model": "fake/echo", "input": f"job {i}", "background": True})
+               .json()["id"] for i in range(6)]
+        deadline = time.monotonic() + 30
+        statuses: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            statuses = {i: http.get(f"/v1/responses/{i}").json()["status"] for i in ids}
+            if all(s == "completed" for s in statuses.values()):
+                break
+            time.sleep(0.1)
+    assert all(s == "completed" for s in statuses.values()), statuses
+
+
+def test_rate_limits_count_across_processes(workers: Stack) -> None:
+    codes = []
+    for _ in range(5):
+        # New connections: the requests land on either edge and either service.
+        reply = httpx.post(f"{workers.http}/v1/responses", json={"input": "limited"},
+                           headers={"authorization": f"Bearer {LIMITED}"}, timeout=30)
+        codes.append(reply.status_code)
+    assert codes == [200, 200, 200, 429, 429], codes
+
+
+def test_several_workers_without_shared_rate_limits_is_a_config_error(tmp_path: Path, upstream: str) -> None:
+    path = tmp_path / "switchboard.yaml"
+    write_config(path, upstream, envoy=False, local_model=False, server={"workers": 2},
+                 extra={"rate_limits": {"requests_per_minute": 10}})
+    run = Process([sys.executable, "-m", "service.cli", "serve", "--config", str(path)], name="serve")
+    code = run.proc.wait(60)
+    run.stop()
+    assert code == 2
+    assert ("configuration error: rate_limits: with server.workers > 1 the service processes must share their "
+            "counts; set rate_limits.redis_url (or redis_url_env)") in "".join(run.output)
