@@ -110,6 +110,9 @@ class Config:
     store_default: bool = True
     # Stored responses are deleted this many seconds after they are saved; 0 keeps them.
     retention_seconds: float = 30 * 24 * 3600
+    # Finished foreground responses are saved by one writer, many per transaction, after gathering for this many
+    # seconds (docs/decisions/0007-group-commit.md); null saves each one before its reply.
+    store_commit_window: float | None = 0.002
 
     def provider(self, name: str) -> ProviderConfig | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -216,7 +219,16 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
         background=_background(data.get("background")),
         rate_limits=_rate_limits(data.get("rate_limits"), env),
         retention_seconds=float(data.get("retention_seconds", Config.retention_seconds)),
+        store_commit_window=_commit_window(data.get("store_commit_window", Config.store_commit_window)),
     )
+
+
+def _commit_window(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError("store_commit_window: expected seconds between 0 and 1, or null")
+    return float(value)
 
 
 def _routing_default() -> RoutingConfig:
