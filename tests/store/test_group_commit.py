@@ -11,7 +11,7 @@ import pytest
 from service.store.base import Store
 from service.store.batch import GroupCommitStore
 from tests.store.conftest import StoreFactory, open_backend
-from tests.store.test_store import A, B, IN_PROGRESS, request, response, user
+from tests.store.test_store import IN_PROGRESS, A, B, request, response, user
 
 LONG = 60.0
 
