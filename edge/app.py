@@ -159,6 +159,11 @@ class Edge:
 
     async def _error(self, call: Any, exc: grpc.aio.AioRpcError) -> Response:
         """The mapped error, with the headers the service sent before failing (rate-limit state)."""
+        if exc.code() == grpc.StatusCode.CANCELLED:
+            # Not cancelled by this side (that raises CancelledError here): the service refused a call it could
+            # not take (too many calls waiting), so the client may retry at once.
+            return error_response(HttpError(503, "server_error", "The service is busy; retry the request.",
+                                            code="service_busy", headers={"retry-after": "1"}))
         error = from_rpc_error(exc)
         try:
             error.headers = {**_response_headers(await call.initial_metadata()), **error.headers}

@@ -12,6 +12,7 @@ from edge.app import Edge
 from edge.routes import create_app
 from service import telemetry
 from service.config import Config, parse_address
+from service.server import raise_open_files_limit
 
 
 def grpc_target(config: Config) -> str:
@@ -37,6 +38,7 @@ def build_app(config: Config) -> ASGIApp:
 
 
 async def serve(config: Config, sock: socket.socket | None = None) -> None:
+    raise_open_files_limit()
     host, port = parse_address(config.server.http, "server.http")
     server = uvicorn.Server(uvicorn.Config(
         build_app(config), host=host, port=port, loop="none", http="httptools", lifespan="on",

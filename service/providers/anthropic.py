@@ -35,7 +35,7 @@ class AnthropicProvider(HttpProvider):
         headers: dict[str, str] | None = None,
         connect_timeout: float = 5.0,
         default_timeout: float = 600.0,
-        max_connections: int = 100,
+        max_connections: int = 4096,
         anthropic_version: str = "2023-06-01",
         default_max_tokens: int = 4096,
     ) -> None:

@@ -43,7 +43,7 @@ class OpenAIChatProvider(HttpProvider):
         headers: dict[str, str] | None = None,
         connect_timeout: float = 5.0,
         default_timeout: float = 600.0,
-        max_connections: int = 100,
+        max_connections: int = 4096,
         developer_role: bool = True,
         max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
     ) -> None:

@@ -27,7 +27,7 @@ class OpenAIResponsesProvider(HttpProvider):
         headers: dict[str, str] | None = None,
         connect_timeout: float = 5.0,
         default_timeout: float = 600.0,
-        max_connections: int = 100,
+        max_connections: int = 4096,
     ) -> None:
         auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
         super().__init__(name, url=base_url.rstrip("/") + "/responses", headers={**auth, **(headers or {})},
