@@ -11,7 +11,7 @@ deltas with every upstream chunk MS ms after the one before (``drip-12-200``: 15
 2. ``--streams`` streams opened at once, each on its own connection: per stream the HTTP status, whether it ended
    with a terminal event and ``[DONE]`` (errors are counted by kind), and its duration (p50/p99/max, as a multiple
    of the stream alone). The RSS of every process is sampled every 0.25 s: before, the peak during, and after
-   (5 s after the last stream ended).
+   (``--settle`` seconds after the last stream ended).
 3. ``--idle`` connections to the path, each sends one ``GET /healthz`` and then stays idle (keep-alive): how many
    the server kept open, the RSS of every process with them open, and the time a fresh request takes meanwhile.
 
@@ -121,7 +121,7 @@ async def streams(bench: Bench, args: argparse.Namespace) -> None:
         outcomes = await asyncio.gather(*(one_stream(url, request, direct, args.timeout)
                                           for _ in range(args.streams)))
         wall = time.perf_counter() - began
-    await asyncio.sleep(5.0)
+    await asyncio.sleep(args.settle)
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="drip-12-200", help="fake upstream model of the streams")
     parser.add_argument("--path", choices=("edge", "envoy", "direct"), default="edge")
     parser.add_argument("--idle", type=int, default=10000, help="idle keep-alive connections (0: skip)")
+    parser.add_argument("--settle", type=float, default=20.0,
+                        help="seconds after the last stream before the 'after' RSS (idle upstream connections "
+                             "are closed after 15 s)")
     parser.add_argument("--timeout", type=float, default=120.0, help="deadline of one stream or connection, s")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
                         help="a configuration key for the serve process; provider.KEY=YAML sets an option of "
