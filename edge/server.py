@@ -16,9 +16,12 @@ from service.server import raise_open_files_limit
 
 
 def grpc_target(config: Config) -> str:
-    """Where the edge reaches the service: the configured target, or the service's own listen address."""
+    """Where the edge reaches the service: the configured target, the service's Unix socket, or its own listen
+    address."""
     if config.server.grpc_target:
         return config.server.grpc_target
+    if config.server.grpc_unix:
+        return f"unix:{config.server.grpc_unix}"
     host, port = parse_address(config.server.grpc, "server.grpc")
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"

@@ -42,8 +42,10 @@ class ServerConfig:
     # Seconds that in-flight calls get to finish on shutdown.
     grace: float = 30.0
     max_body_bytes: int = 32 * 1024 * 1024
-    # Where the edge reaches the service; defaults to the `grpc` address.
+    # Where the edge reaches the service; defaults to `grpc_unix` when set, else to the `grpc` address.
     grpc_target: str | None = None
+    # A Unix domain socket path the service listens on as well (for an edge on the same host); unset = none.
+    grpc_unix: str | None = None
     # Deadline of a unary call made by the edge, in seconds.
     request_timeout: float = 600.0
     # Prometheus scrape endpoint of the service (OpenTelemetry metrics); unset = off.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
+import stat
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -63,6 +65,13 @@ def create_server(config: Config, runner: TurnRunner, *, store: Store | None = N
     port = server.add_insecure_port(address or config.server.grpc)
     if port == 0:
         raise OSError(f"cannot bind the gRPC server to {address or config.server.grpc}")
+    if config.server.grpc_unix and address is None:
+        path = config.server.grpc_unix
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)  # left by a process that did not stop cleanly
+        if server.add_insecure_port(f"unix:{path}") == 0:
+            raise OSError(f"cannot bind the gRPC server to the Unix socket {path}")
     return server, port, health_servicer
 
 
