@@ -48,6 +48,8 @@ def test_secrets_come_from_the_environment() -> None:
     ({"encryption_key": base64.b64encode(b"short").decode()}, "32 bytes"),
     ({"background": {"lease_seconds": 0}}, "positive"),
     ({"pricing": {"local/m": "cheap"}}, "pricing"),
+    ({"store_commit_window": 5}, "store_commit_window"),
+    ({"store_commit_window": "fast"}, "store_commit_window"),
 ])
 def test_bad_config_is_a_clear_error(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -57,3 +59,15 @@ def test_bad_config_is_a_clear_error(change: dict[str, Any], message: str) -> No
 def test_a_routed_default_model() -> None:
     routing = {"models": [{"name": "llama", "endpoints": [{"provider": "vllm", "model": "meta/llama"}]}]}
     assert from_dict({**BASE, "routing": routing, "default_model": "llama"}, env={}).default_model == "llama"
+
+
+def test_group_commit_and_the_unix_socket() -> None:
+    from edge.server import grpc_target
+
+    config = from_dict(BASE, env={})
+    assert config.store_commit_window == 0.002 and grpc_target(config) == "127.0.0.1:50051"
+    assert from_dict({**BASE, "store_commit_window": None}, env={}).store_commit_window is None
+    unix = from_dict({**BASE, "server": {"grpc_unix": "/run/sb.sock"}}, env={})
+    assert grpc_target(unix) == "unix:/run/sb.sock"
+    both = from_dict({**BASE, "server": {"grpc_unix": "/run/sb.sock", "grpc_target": "127.0.0.1:10001"}}, env={})
+    assert grpc_target(both) == "127.0.0.1:10001"
