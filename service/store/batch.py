@@ -21,6 +21,8 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential_jitter
+
 from service.store.base import (
     CreateResponseRequest,
     Item,
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from service.store.base import Store
 
 log = logging.getLogger(__name__)
+_ATTEMPTS = 3
 
 
 class GroupCommitStore:
@@ -79,7 +82,12 @@ class GroupCommitStore:
             self._committing, self._queued = self._queued, {}
             self._committing_done, self._queued_done = self._queued_done, None
             try:
-                skipped = await self.inner.save_responses(list(self._committing.values()))
+                # A failed transaction (a busy database, a dropped connection) is tried again; meanwhile the batch
+                # stays readable.
+                async for attempt in AsyncRetrying(stop=stop_after_attempt(_ATTEMPTS), reraise=True,
+                                                   wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05)):
+                    with attempt:
+                        skipped = await self.inner.save_responses(list(self._committing.values()))
                 for rid in skipped:
                     log.error("response %s was not stored: its id belongs to another owner", rid)
             except Exception:

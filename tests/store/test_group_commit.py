@@ -6,9 +6,11 @@ dependent write or ``close()`` cuts the window short."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from service.store.base import Store
+from service.store.base import Save, Store
 from service.store.batch import GroupCommitStore
 from tests.store.conftest import StoreFactory, open_backend
 from tests.store.test_store import IN_PROGRESS, A, B, request, response, user
@@ -108,3 +110,30 @@ async def test_the_queue_is_bounded(stores: StoreFactory) -> None:
     assert committed == list(range(8))
     await batched.flush()
     assert await batched.inner.get_response(A, "resp_9") is not None
+
+
+class FailingOnce:
+    """The real store, whose first batch transaction fails as a dropped connection would."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.failures = 0
+
+    async def save_responses(self, saves: list[Save]) -> list[str]:
+        if not self.failures:
+            self.failures += 1
+            raise ConnectionError("connection dropped")
+        return await self.inner.save_responses(saves)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_failed_batch_is_tried_again(stores: StoreFactory) -> None:
+    inner = await stores()
+    flaky = FailingOnce(inner)
+    batched = GroupCommitStore(flaky, window=LONG)  # type: ignore[arg-type]
+    await save(batched, "resp_1")
+    await batched.flush()
+    assert flaky.failures == 1
+    assert await inner.get_response(A, "resp_1") is not None
