@@ -21,11 +21,14 @@ import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
+
+import yaml
 
 from tests.e2e.stack import API_KEY, ROOT, Process, start_upstream, write_config
 
-__all__ = ["API_KEY", "Bench", "CpuMeter", "RawHttp", "percentile", "quiet_check", "start_bench"]
+__all__ = ["API_KEY", "Bench", "CpuMeter", "RawHttp", "parse_settings", "percentile", "quiet_check", "start_bench"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -135,6 +138,21 @@ class Bench:
             self.tmp.cleanup()
 
 
+def parse_settings(settings: list[str]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``--set KEY=YAML`` options -> (top-level keys, `server` keys, the fake provider's keys): ``server.NAME=...``
+    and ``provider.NAME=...`` go to the latter two."""
+    found: dict[str, dict[str, Any]] = {"": {}, "server": {}, "provider": {}}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {setting!r}: expected KEY=VALUE")
+        scope, dot, name = key.partition(".")
+        if not dot or scope not in found:
+            scope, name = "", key
+        found[scope][name] = yaml.safe_load(value)
+    return found[""], found["server"], found["provider"]
+
+
 def _wait_ready(serve: subprocess.Popen[bytes], log_path: Path, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -146,14 +164,21 @@ def _wait_ready(serve: subprocess.Popen[bytes], log_path: Path, timeout: float =
     raise RuntimeError(f"switchboard serve did not become ready:\n{log_path.read_text(errors='replace')[-4000:]}")
 
 
-def start_bench() -> Bench:
-    """Starts the fake upstream and `switchboard serve` (service, edge, Envoy; no local model)."""
+def start_bench(extra: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
+                provider: dict[str, Any] | None = None) -> Bench:
+    """Starts the fake upstream and `switchboard serve` (service, edge, Envoy; no local model). ``extra`` replaces
+    top-level configuration keys, ``server`` adds keys to the `server` mapping, ``provider`` to the fake upstream's
+    provider (``parse_settings``)."""
     upstream_process, upstream = start_upstream()
     tmp = tempfile.TemporaryDirectory(prefix="switchboard-bench-")
     serve: subprocess.Popen[bytes] | None = None
     try:
         config_path = Path(tmp.name) / "switchboard.yaml"
-        ports = write_config(config_path, upstream, envoy=True, local_model=False)
+        ports = write_config(config_path, upstream, envoy=True, local_model=False, extra=extra, server=server)
+        if provider:
+            config = yaml.safe_load(config_path.read_text())
+            config["providers"][0].update(provider)
+            config_path.write_text(yaml.safe_dump(config))
         log_path = Path(tmp.name) / "serve.log"
         with log_path.open("wb") as log:
             serve = subprocess.Popen(

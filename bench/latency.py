@@ -34,7 +34,7 @@ import httpx
 import orjson
 import uvloop
 
-from bench.harness import API_KEY, Bench, CpuMeter, RawHttp, percentile, quiet_check, start_bench
+from bench.harness import API_KEY, Bench, CpuMeter, RawHttp, parse_settings, percentile, quiet_check, start_bench
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
 
 Call = Callable[[], Awaitable[None]]
@@ -264,7 +264,7 @@ async def run(args: argparse.Namespace) -> None:
     warning = quiet_check()
     if warning:
         print(warning, flush=True)
-    bench = start_bench()
+    bench = start_bench(*parse_settings(args.set))
     try:
         print(f"stack: upstream {bench.upstream}, edge {bench.http}, envoy {bench.envoy}, grpc {bench.grpc}, "
               f"grpc via envoy {bench.envoy_grpc}; pids {bench.pids}", flush=True)
@@ -296,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="HTTP load generator: minimal keep-alive HTTP/1.1 client (default) or httpx")
     parser.add_argument("--paths", nargs="*", default=None,
                         help="only these paths (direct edge envoy edge-nostore grpc grpc-envoy)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
+                        help="a configuration key for the serve process (e.g. store_commit_window=null, "
+                             "server.grpc_target=unix:///tmp/sb.sock); repeatable")
     args = parser.parse_args(argv)
     started = time.monotonic()
     uvloop.run(run(args))

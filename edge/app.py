@@ -41,6 +41,8 @@ class Edge:
         self.max_body_bytes = max_body_bytes
         self.request_timeout = request_timeout
         self.forward_trace_headers = forward_trace_headers
+        # The request headers forwarded as metadata, decided once.
+        self._forwarded = _FORWARD + _PROPAGATION if forward_trace_headers else _FORWARD
         self._channel: grpc.aio.Channel | None = None
         # The generated stubs type calls as synchronous; on an aio channel they return aio calls.
         self._rpc: Any = None
@@ -68,8 +70,8 @@ class Edge:
     # ------------------------------------------------------------ helpers
 
     def metadata(self, request: HTTPConnection) -> tuple[tuple[str, str], ...]:
-        names = _FORWARD + _PROPAGATION if self.forward_trace_headers else _FORWARD
-        return tuple((name, value) for name in names if (value := request.headers.get(name)) is not None)
+        headers = request.headers
+        return tuple((name, value) for name in self._forwarded if (value := headers.get(name)) is not None)
 
     async def _read_body(self, request: Request) -> bytes:
         length = request.headers.get("content-length")
@@ -159,6 +161,11 @@ class Edge:
 
     async def _error(self, call: Any, exc: grpc.aio.AioRpcError) -> Response:
         """The mapped error, with the headers the service sent before failing (rate-limit state)."""
+        if exc.code() == grpc.StatusCode.CANCELLED:
+            # Not cancelled by this side (that raises CancelledError here): the service refused a call it could
+            # not take (too many calls waiting), so the client may retry at once.
+            return error_response(HttpError(503, "server_error", "The service is busy; retry the request.",
+                                            code="service_busy", headers={"retry-after": "1"}))
         error = from_rpc_error(exc)
         try:
             error.headers = {**_response_headers(await call.initial_metadata()), **error.headers}

@@ -11,14 +11,19 @@ from starlette.types import ASGIApp
 from edge.app import Edge
 from edge.routes import create_app
 from service import telemetry
-from service.config import Config, parse_address
+from service.config import Config, grpc_unix_path, parse_address
+from service.server import raise_open_files_limit
 from service.supervisor import EDGE_READY
 
 
 def grpc_target(config: Config) -> str:
-    """Where the edge reaches the service: the configured target, or the service's own listen address."""
+    """Where the edge reaches the service: the configured target, the service's Unix socket, or its own listen
+    address."""
     if config.server.grpc_target:
         return config.server.grpc_target
+    path = grpc_unix_path(config.server)
+    if path:
+        return f"unix:{path}"
     host, port = parse_address(config.server.grpc, "server.grpc")
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
@@ -58,6 +63,7 @@ def shared_socket(host: str, port: int) -> socket.socket:
 
 
 async def serve(config: Config, sock: socket.socket | None = None) -> None:
+    raise_open_files_limit()
     host, port = parse_address(config.server.http, "server.http")
     if sock is None and config.server.workers > 1:
         sock = shared_socket(host, port)

@@ -43,7 +43,7 @@ async def run_service(config: Config) -> None:
                            prometheus=parse_address(config.server.metrics, "server.metrics")
                            if config.server.metrics else None)
     providers = build_all(config)
-    store = open_store(config.store)
+    store = open_store(config.store, commit_window=config.store_commit_window)
     await store.migrate()
     runner = TurnRunner(config, providers, meters, store)
     jobs = config.background

@@ -42,8 +42,10 @@ class ServerConfig:
     # Seconds that in-flight calls get to finish on shutdown.
     grace: float = 30.0
     max_body_bytes: int = 32 * 1024 * 1024
-    # Where the edge reaches the service; defaults to the `grpc` address.
+    # Where the edge reaches the service; defaults to `grpc_unix` when set, else to the `grpc` address.
     grpc_target: str | None = None
+    # A Unix domain socket path the service listens on as well (for an edge on the same host); unset = none.
+    grpc_unix: str | None = None
     # Deadline of a unary call made by the edge, in seconds.
     request_timeout: float = 600.0
     # Prometheus scrape endpoint of the service (OpenTelemetry metrics); unset = off.
@@ -115,6 +117,9 @@ class Config:
     store_default: bool = True
     # Stored responses are deleted this many seconds after they are saved; 0 keeps them.
     retention_seconds: float = 30 * 24 * 3600
+    # Finished foreground responses are saved by one writer, many per transaction, after gathering for this many
+    # seconds (docs/decisions/0007-group-commit.md); null saves each one before its reply.
+    store_commit_window: float | None = 0.002
 
     def provider(self, name: str) -> ProviderConfig | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -232,7 +237,16 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
         background=_background(data.get("background")),
         rate_limits=rate_limits,
         retention_seconds=float(data.get("retention_seconds", Config.retention_seconds)),
+        store_commit_window=_commit_window(data.get("store_commit_window", Config.store_commit_window)),
     )
+
+
+def _commit_window(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError("store_commit_window: expected seconds between 0 and 1, or null")
+    return float(value)
 
 
 def _routing_default() -> RoutingConfig:
@@ -264,3 +278,16 @@ def load(path: str | Path, env: dict[str, str] | None = None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return from_dict(data, env, base_dir=path.parent)
+
+
+WORKER_ENV = "SWITCHBOARD_WORKER"
+
+
+def grpc_unix_path(server: ServerConfig) -> str | None:
+    """The Unix socket of this service process and of its paired edge. With `server.workers` > 1, serve numbers its
+    service and edge processes (SWITCHBOARD_WORKER) and pair N uses `<grpc_unix>.N`: one path cannot be shared,
+    as a new listener replaces the old one's file."""
+    if not server.grpc_unix:
+        return None
+    index = os.environ.get(WORKER_ENV)
+    return f"{server.grpc_unix}.{index}" if index else server.grpc_unix

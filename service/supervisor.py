@@ -23,7 +23,7 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from service.config import Config, parse_address
+from service.config import WORKER_ENV, Config, parse_address
 from service.envoy import EnvoyAddresses, EnvoyProcess, otlp_grpc_address, render_config
 
 log = logging.getLogger("switchboard.supervisor")
@@ -103,9 +103,11 @@ class PythonChild(Child):
     """A `switchboard service` or `switchboard edge` process. It says when it is ready on stdout, which serve
     reads and forwards (a probe of a port that several processes share could reach another one)."""
 
-    def __init__(self, name: str, argv: list[str], *, ready_line: str, timeout: float) -> None:
+    def __init__(self, name: str, argv: list[str], *, ready_line: str, timeout: float,
+                 env: dict[str, str] | None = None) -> None:
         super().__init__(name)
         self.argv = argv
+        self.env = {**os.environ, **env} if env else None
         self.ready_line = ready_line
         self.timeout = timeout
         self._proc: asyncio.subprocess.Process | None = None
@@ -120,7 +122,7 @@ class PythonChild(Child):
         # close_fds=False keeps Python's spawn a posix_spawn(); serve's own descriptors are non-inheritable.
         self._proc = proc = await asyncio.create_subprocess_exec(
             *_launcher(), *self.argv, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, close_fds=False)
+            stdout=asyncio.subprocess.PIPE, close_fds=False, env=self.env)
         self._pump = asyncio.create_task(self._forward(proc, ready))
         exited = asyncio.ensure_future(proc.wait())
         waiter = asyncio.ensure_future(ready.wait())
@@ -236,13 +238,15 @@ class Supervisor:
         self.http_url = f"http://{http_host}:{http_port}"
         self.public_url = self.http_url
         # server.workers service and edge processes share their ports (SO_REUSEPORT).
+        # Service and edge N pair up on their own Unix socket when there is one (config.grpc_unix_path).
         count = server.workers
+        numbers = [{WORKER_ENV: str(i)} if count > 1 else None for i in range(count)]
         services: list[Child] = [
             PythonChild(_numbered("service", i, count), [*command, "service", "--config", str(config_path)],
-                        ready_line="gRPC service listening", timeout=300.0) for i in range(count)]
+                        ready_line="gRPC service listening", timeout=300.0, env=numbers[i]) for i in range(count)]
         edges: list[Child] = [
             PythonChild(_numbered("edge", i, count), [*command, "edge", "--config", str(config_path)],
-                        ready_line=EDGE_READY, timeout=60.0) for i in range(count)]
+                        ready_line=EDGE_READY, timeout=60.0, env=numbers[i]) for i in range(count)]
         self.children: list[Child] = [*services, *edges]
         if server.envoy:
             self.children.append(EnvoyChild(envoy_config(config)))

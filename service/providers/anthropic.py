@@ -37,7 +37,7 @@ class AnthropicProvider(HttpProvider):
         default_timeout: float | None = None,
         timeouts: dict[str, float] | None = None,
         model_timeouts: dict[str, dict[str, float]] | None = None,
-        max_connections: int = 100,
+        max_connections: int = 4096,
         anthropic_version: str = "2023-06-01",
         default_max_tokens: int = 4096,
     ) -> None:

@@ -45,7 +45,7 @@ class OpenAIChatProvider(HttpProvider):
         default_timeout: float | None = None,
         timeouts: dict[str, float] | None = None,
         model_timeouts: dict[str, dict[str, float]] | None = None,
-        max_connections: int = 100,
+        max_connections: int = 4096,
         developer_role: bool = True,
         max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
     ) -> None:

@@ -29,7 +29,7 @@ class OpenAIResponsesProvider(HttpProvider):
         default_timeout: float | None = None,
         timeouts: dict[str, float] | None = None,
         model_timeouts: dict[str, dict[str, float]] | None = None,
-        max_connections: int = 100,
+        max_connections: int = 4096,
     ) -> None:
         auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
         super().__init__(name, url=base_url.rstrip("/") + "/responses", headers={**auth, **(headers or {})},

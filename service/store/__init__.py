@@ -17,9 +17,21 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, commit_window: float | None = None) -> Store:
     """The store for a URL: ``sqlite:///PATH`` or ``postgresql://...`` (``postgres://`` too). Call ``migrate()``
-    before use; connections are opened lazily, so this does no I/O."""
+    before use; connections are opened lazily, so this does no I/O.
+
+    With ``commit_window`` (seconds, 0 = as soon as the previous commit ends) finished foreground responses are
+    group-committed off the request path (``service.store.batch``); None saves each one in its own transaction."""
+    store = _open(url)
+    if commit_window is None:
+        return store
+    from service.store.batch import GroupCommitStore
+
+    return GroupCommitStore(store, window=commit_window)
+
+
+def _open(url: str) -> Store:
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
         from service.store.sqlite import SQLiteStore

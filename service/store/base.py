@@ -38,6 +38,24 @@ class StoredResponse:
 
 
 @dataclass(frozen=True)
+class Save:
+    """One response to save in a batch (``Store.save_responses``): the decoded objects and their row values."""
+
+    owner: str
+    stored: StoredResponse
+    expires_at: float | None
+    row: tuple[str, str, int, int, str | None, float | None, bytes, bytes]
+    items: list[tuple[str, int, str, bytes]]
+
+    @classmethod
+    def of(cls, owner: str, response: Response, request: CreateResponseRequest, input_items: list[Item],
+           expires_at: float | None) -> Save:
+        """Serializes the rows now: a response without item ids raises ValueError here, not in the batch."""
+        return cls(owner, StoredResponse(response, request, input_items), expires_at,
+                   response_row(owner, response, request, expires_at), item_rows(response.id, input_items))
+
+
+@dataclass(frozen=True)
 class ItemPage:
     items: list[Item]
     first_id: str | None
@@ -80,6 +98,10 @@ class Store(Protocol):
         Every input item must have an id (ValueError otherwise). With ``job_request`` a background job is
         enqueued in the same transaction. Saving an id that another owner holds raises ValueError.
         """
+
+    async def save_responses(self, saves: list[Save]) -> list[str]:
+        """Save many responses (none with a job) in one transaction; one whose id another owner holds is skipped.
+        Returns the ids skipped."""
 
     async def get_response(self, owner: str, id: str) -> StoredResponse | None: ...
 

@@ -22,15 +22,14 @@ from service.store.base import (
     Job,
     Order,
     Response,
+    Save,
     StoredResponse,
     StreamEvent,
     decode_stored,
     failed_event,
     failed_snapshot,
-    item_rows,
     make_page,
     page_query,
-    response_row,
 )
 from switchboard.responses.v1 import response_pb2
 
@@ -101,25 +100,38 @@ class PostgresStore:
         expires_at: float | None,
         job_request: bytes | None = None,
     ) -> None:
-        rid = response.id
-        row = response_row(owner, response, request, expires_at)
-        items = item_rows(rid, input_items)
+        save = Save.of(owner, response, request, input_items, expires_at)
         async with (await self._open()).connection() as conn, conn.transaction():
-            cursor = await conn.execute(
-                "INSERT INTO responses (id, owner, status, created_at, previous_response_id, expires_at, response,"
-                " request) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET"
-                " status = excluded.status, created_at = excluded.created_at,"
-                " previous_response_id = excluded.previous_response_id, expires_at = excluded.expires_at,"
-                " response = excluded.response, request = excluded.request WHERE responses.owner = excluded.owner",
-                row,
-            )
-            if cursor.rowcount == 0:
-                raise ValueError(f"response {rid!r} belongs to another owner")
-            await conn.execute("DELETE FROM input_items WHERE response_id = %s", (rid,))
-            async with conn.cursor() as cur:
-                await cur.executemany("INSERT INTO input_items VALUES (%s, %s, %s, %s)", items)
+            await self._save(conn, save)
             if job_request is not None:
-                await self._enqueue(conn, owner, rid, job_request)
+                await self._enqueue(conn, owner, response.id, job_request)
+
+    async def save_responses(self, saves: list[Save]) -> list[str]:
+        skipped = []
+        async with (await self._open()).connection() as conn, conn.transaction():
+            for save in saves:
+                try:
+                    await self._save(conn, save)
+                except ValueError:
+                    skipped.append(save.stored.response.id)
+        return skipped
+
+    @staticmethod
+    async def _save(conn: Conn, save: Save) -> None:
+        rid = save.row[0]
+        cursor = await conn.execute(
+            "INSERT INTO responses (id, owner, status, created_at, previous_response_id, expires_at, response,"
+            " request) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET"
+            " status = excluded.status, created_at = excluded.created_at,"
+            " previous_response_id = excluded.previous_response_id, expires_at = excluded.expires_at,"
+            " response = excluded.response, request = excluded.request WHERE responses.owner = excluded.owner",
+            save.row,
+        )
+        if cursor.rowcount == 0:
+            raise ValueError(f"response {rid!r} belongs to another owner")
+        await conn.execute("DELETE FROM input_items WHERE response_id = %s", (rid,))
+        async with conn.cursor() as cur:
+            await cur.executemany("INSERT INTO input_items VALUES (%s, %s, %s, %s)", save.items)
 
     async def get_response(self, owner: str, id: str) -> StoredResponse | None:
         async with (await self._open()).connection() as conn, conn.transaction():

@@ -22,15 +22,14 @@ from service.store.base import (
     Job,
     Order,
     Response,
+    Save,
     StoredResponse,
     StreamEvent,
     decode_stored,
     failed_event,
     failed_snapshot,
-    item_rows,
     make_page,
     page_query,
-    response_row,
 )
 from switchboard.responses.v1 import response_pb2
 
@@ -141,28 +140,44 @@ class SQLiteStore:
         expires_at: float | None,
         job_request: bytes | None = None,
     ) -> None:
-        rid = response.id
-        row = response_row(owner, response, request, expires_at)
-        items = item_rows(rid, input_items)
+        save = Save.of(owner, response, request, input_items, expires_at)
 
-        def save(conn: sqlite3.Connection) -> None:
+        def write(conn: sqlite3.Connection) -> None:
             with self._write(conn):
-                found = conn.execute("SELECT owner FROM responses WHERE id = ?", (rid,)).fetchone()
-                if found is not None and found[0] != owner:
-                    raise ValueError(f"response {rid!r} belongs to another owner")
-                conn.execute(
-                    "INSERT INTO responses (id, owner, status, created_at, previous_response_id, expires_at, response,"
-                    " request) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
-                    " created_at = excluded.created_at, previous_response_id = excluded.previous_response_id,"
-                    " expires_at = excluded.expires_at, response = excluded.response, request = excluded.request",
-                    row,
-                )
-                conn.execute("DELETE FROM input_items WHERE response_id = ?", (rid,))
-                conn.executemany("INSERT INTO input_items VALUES (?, ?, ?, ?)", items)
+                self._save(conn, save)
                 if job_request is not None:
-                    self._enqueue(conn, owner, rid, job_request)
+                    self._enqueue(conn, owner, response.id, job_request)
 
-        await self._run(save)
+        await self._run(write)
+
+    async def save_responses(self, saves: list[Save]) -> list[str]:
+        def write(conn: sqlite3.Connection) -> list[str]:
+            skipped = []
+            with self._write(conn):
+                for save in saves:
+                    try:
+                        self._save(conn, save)
+                    except ValueError:
+                        skipped.append(save.stored.response.id)
+            return skipped
+
+        return await self._run(write)
+
+    @staticmethod
+    def _save(conn: sqlite3.Connection, save: Save) -> None:
+        rid = save.row[0]
+        found = conn.execute("SELECT owner FROM responses WHERE id = ?", (rid,)).fetchone()
+        if found is not None and found[0] != save.owner:
+            raise ValueError(f"response {rid!r} belongs to another owner")
+        conn.execute(
+            "INSERT INTO responses (id, owner, status, created_at, previous_response_id, expires_at, response,"
+            " request) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
+            " created_at = excluded.created_at, previous_response_id = excluded.previous_response_id,"
+            " expires_at = excluded.expires_at, response = excluded.response, request = excluded.request",
+            save.row,
+        )
+        conn.execute("DELETE FROM input_items WHERE response_id = ?", (rid,))
+        conn.executemany("INSERT INTO input_items VALUES (?, ?, ?, ?)", save.items)
 
     @staticmethod
     def _load(conn: sqlite3.Connection, owner: str, id: str) -> StoredResponse | None:

@@ -33,8 +33,9 @@ def redis_url() -> Iterator[str]:
 def workers(tmp_path_factory: pytest.TempPathFactory, upstream: str, redis_url: str) -> Iterator[Stack]:
     limits = {"requests_per_minute": 1000, "redis_url": redis_url,
               "per_key": {LIMITED: {"requests_per_minute": 3}}}
-    stack = start_stack(Path(tmp_path_factory.mktemp("workers")), upstream, local_model=False,
-                        server={"workers": 2}, extra={"rate_limits": limits,
+    home = Path(tmp_path_factory.mktemp("workers"))
+    stack = start_stack(home, upstream, local_model=False,
+                        server={"workers": 2, "grpc_unix": str(home / "grpc.sock")}, extra={"rate_limits": limits,
                                                       "auth": {"api_keys": [API_KEY, LIMITED]}})
     yield stack
     stack.stop()
@@ -55,6 +56,9 @@ def processes(stack: Stack, command: str) -> list[int]:
 
 def test_two_service_and_two_edge_processes_share_the_ports(workers: Stack) -> None:
     assert len(processes(workers, "service")) == 2 and len(processes(workers, "edge")) == 2
+    # Each service/edge pair has its own Unix socket: a second listener on one path would replace the first.
+    unix = workers.config_path.parent / "grpc.sock"
+    assert sorted(p.name for p in unix.parent.glob(unix.name + ".*")) == [unix.name + ".0", unix.name + ".1"]
     assert workers.envoy is not None
     for _ in range(20):  # a fresh connection each time: the kernel spreads them over both edges
         assert answers(workers.http) and answers(workers.envoy)

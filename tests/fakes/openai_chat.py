@@ -98,6 +98,14 @@ def _tool_name(tools: Any) -> str | None:
     return None
 
 
+def _drip(model: str) -> tuple[int, int] | None:
+    """``drip-N-MS``: N content deltas of "tok ", every stream part MS milliseconds after the one before."""
+    parts = model.split("-")
+    if len(parts) == 3 and parts[0] == "drip" and parts[1].isdigit() and parts[2].isdigit():
+        return int(parts[1]), int(parts[2])
+    return None
+
+
 def _build_reply(body: JSON, model: str) -> _Reply:
     r = _Reply()
     msgs = body.get("messages")
@@ -107,6 +115,8 @@ def _build_reply(body: JSON, model: str) -> _Reply:
     tool_name = _tool_name(body.get("tools"))
     if model.startswith("fixed-") and model[6:].isdigit():
         r.content = ["tok "] * int(model[6:])
+    elif (drip := _drip(model)) is not None:
+        r.content = ["tok "] * drip[0]
     elif model == "tool-call" and last.get("role") == "tool":
         r.content = _words("tool said: " + _text(last.get("content")))
     elif model == "tool-call" and tool_name is not None:
@@ -304,6 +314,8 @@ class ChatCompletions:
         if model.startswith("slow-") and model[5:].isdigit():
             delay = int(model[5:]) / 1000
             gap = delay / 10
+        elif (drip := _drip(model)) is not None:
+            gap = drip[1] / 1000
         if not stream:
             await _deliver(receive, send, [_completion(reply, model)], False, delay, 0.0, None)
             return

@@ -53,6 +53,8 @@ def test_secrets_come_from_the_environment() -> None:
     ({"server": {"workers": "many"}}, "server.workers"),
     ({"server": {"restart_limit": -1}}, "server.restart_limit"),
     ({"server": {"workers": 2}, "rate_limits": {"requests_per_minute": 5}}, "rate_limits: with server.workers > 1"),
+    ({"store_commit_window": 5}, "store_commit_window"),
+    ({"store_commit_window": "fast"}, "store_commit_window"),
 ])
 def test_bad_config_is_a_clear_error(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -67,3 +69,13 @@ def test_a_routed_default_model() -> None:
 def test_workers_auto_is_one_per_core() -> None:
     assert from_dict({**BASE, "server": {"workers": "auto"}}, env={}).server.workers == len(os.sched_getaffinity(0))
     assert from_dict(BASE, env={}).server.workers == 1
+def test_group_commit_and_the_unix_socket() -> None:
+    from edge.server import grpc_target
+
+    config = from_dict(BASE, env={})
+    assert config.store_commit_window == 0.002 and grpc_target(config) == "127.0.0.1:50051"
+    assert from_dict({**BASE, "store_commit_window": None}, env={}).store_commit_window is None
+    unix = from_dict({**BASE, "server": {"grpc_unix": "/run/sb.sock"}}, env={})
+    assert grpc_target(unix) == "unix:/run/sb.sock"
+    both = from_dict({**BASE, "server": {"grpc_unix": "/run/sb.sock", "grpc_target": "127.0.0.1:10001"}}, env={})
+    assert grpc_target(both) == "127.0.0.1:10001"
