@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENVOY_TEMPLATE = REPO_ROOT / "deploy" / "envoy" / "envoy.yaml"
 PROVIDER_KINDS = ("openai-chat", "openai-responses", "anthropic", "llama-cpp")
+# Spellings of the stream event names where OpenAI (and OpenRouter) and Open Responses differ.
+EVENT_NAMES = ("openai", "open_responses")
 
 
 class ConfigError(ValueError):
@@ -50,6 +52,8 @@ class ServerConfig:
     metrics: str | None = None
     # Where Envoy sends its spans (OTLP/gRPC HOST:PORT); defaults to the OTEL_EXPORTER_OTLP_* endpoint.
     envoy_otlp: str | None = None
+    # Stream event names where the specs differ: `openai` (OpenAI and OpenRouter) or `open_responses`.
+    event_names: str = "openai"
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,8 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
         path = Path(server_raw["envoy_config"])
         server_raw["envoy_config"] = path if path.is_absolute() else (base_dir or Path.cwd()) / path
     server = ServerConfig(**server_raw)
+    if server.event_names not in EVENT_NAMES:
+        raise ConfigError(f"server.event_names: expected one of {', '.join(EVENT_NAMES)}, got {server.event_names!r}")
     for key in ("grpc", "http", "envoy", "envoy_grpc", "envoy_admin", "metrics", "envoy_otlp"):
         value = getattr(server, key)
         if value is not None:

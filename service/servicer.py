@@ -124,8 +124,9 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
             await self._record_tokens(started.owner, response)
             if response.status == response_pb2.RESPONSE_STATUS_FAILED:
                 # A unary call has no stream to carry the failure: it is the call's status.
-                raise ApiError(grpc.StatusCode.UNAVAILABLE, response.error.code, response.error.message,
-                               http_status=502)
+                failure = started.engine.failure
+                raise ApiError(grpc.StatusCode.UNAVAILABLE, failure.code if failure else response.error.code,
+                               response.error.message, http_status=502)
             return response
 
         return await self._guard(context, create, "CreateResponse")

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.wire import RECORDER
+
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "sk-test-0123456789"
 
@@ -144,10 +146,15 @@ def start_stack(tmp: Path, upstream: str, *, env: dict[str, str] | None = None, 
     except BaseException:
         process.stop()
         raise
-    return Stack(
+    stack = Stack(
         process=process, config_path=config_path, grpc=ports["grpc"], http=f"http://{ports['http']}",
         envoy=f"http://{ports['envoy']}" if envoy else None, upstream=upstream,
     )
+    # Every answer of this gateway is checked for wire conformance (tests/wire.py).
+    for url in (stack.http, stack.envoy):
+        if url is not None:
+            RECORDER.add_gateway(url)
+    return stack
 
 
 def upstream_requests(upstream: str) -> list[dict[str, Any]]:
