@@ -15,7 +15,7 @@ from service.background import TERMINAL_STATUSES, BackgroundWorker, tail
 from service.engine import TurnEngine, new_id
 from service.errors import ApiError, internal, invalid
 from service.ratelimit import RateLimiter, headers, rejected
-from service.requests import COMPACTION_PURPOSE, expand_compactions, input_items
+from service.requests import COMPACTION_PURPOSE, expand_compactions, input_items, normalised_input_item
 from service.session import session
 from service.store import Store, StoredResponse
 from service.streams import batches
@@ -251,7 +251,8 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
                               "after" if request.HasField("after") else "before") from None
             if found is None:
                 raise not_found(request.response_id)
-            result = pb.InputItemList(object="list", data=found.items, has_more=found.has_more)
+            result = pb.InputItemList(object="list", data=[normalised_input_item(i) for i in found.items],
+                                      has_more=found.has_more)
             if found.first_id is not None:
                 result.first_id = found.first_id
             if found.last_id is not None:
