@@ -253,10 +253,9 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
                 raise not_found(request.response_id)
             result = pb.InputItemList(object="list", data=[normalised_input_item(i) for i in found.items],
                                       has_more=found.has_more)
-            if found.first_id is not None:
-                result.first_id = found.first_id
-            if found.last_id is not None:
-                result.last_id = found.last_id
+            # openai-python requires both ids as strings, so an empty page has empty ids rather than nulls.
+            result.first_id = found.first_id or ""
+            result.last_id = found.last_id or ""
             return result
 
         return await self._guard(context, page, "ListInputItems")
