@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests import openapi, wire
+from tests import wire
 
 TERMINAL = {"response.completed", "response.failed", "response.incomplete"}
 _DELTA_DONE = {

@@ -24,13 +24,13 @@ from pydantic import ValidationError
 from websockets.sync.client import ClientConnection, connect
 
 from edge import codec
+from switchboard.responses.v1 import responses_service_pb2 as pb
+from switchboard.responses.v1 import responses_service_pb2_grpc
 from tests import wire
 from tests.e2e.stack import API_KEY, Stack, start_stack
 from tests.e2e.test_grpc import details
 from tests.e2e.test_http import sse_events
 from tests.streams import check_stream
-from switchboard.responses.v1 import responses_service_pb2 as pb
-from switchboard.responses.v1 import responses_service_pb2_grpc
 
 pytestmark = pytest.mark.timeout(120)
 AUTH = {"authorization": f"Bearer {API_KEY}"}
