@@ -206,6 +206,13 @@ def conversation(request: Request, inputs: list[items_pb2.Item], history: list[i
     return items
 
 
+def _resolved(inputs: list[items_pb2.Item], history: list[items_pb2.Item]) -> list[items_pb2.Item]:
+    """The input as stored: an `item_reference` becomes the item it names (as OpenAI lists it; conversation()
+    already refused references to nothing, and a chain expands the copy just as it would the reference)."""
+    known = {item_id(i): i for i in history if item_id(i)}
+    return [known.get(i.item_reference.id, i) if i.WhichOneof("item") == "item_reference" else i for i in inputs]
+
+
 def _check_outputs_answer_calls(inputs: list[items_pb2.Item], conversation: list[items_pb2.Item]) -> None:
     """As OpenAI: a tool output must answer a call of this conversation (the chain, the connection's cached
     chain or this input, compactions and references expanded)."""
@@ -358,4 +365,4 @@ def prepare(request: Request, config: Config, *, stream: bool, timeout: float | 
         prices=config.prices.get(model),
     )
     return Prepared(turn=turn, response=initial_response(request, model, store), model=model,
-                    omitted_tools=tools.omitted, options=options, inputs=inputs, history=history)
+                    omitted_tools=tools.omitted, options=options, inputs=_resolved(inputs, history), history=history)

@@ -246,6 +246,17 @@ def test_input_items_are_normalised_over_http(client: openai.OpenAI, http: httpx
     assert only["content"] == [{"type": "input_text", "text": "just text"}] and only["status"] == "completed"
 
 
+def test_item_references_are_listed_as_the_items_they_name(client: openai.OpenAI, http: httpx.Client) -> None:
+    first = client.responses.create(model="fake/echo", input="refer to me")
+    answer = first.output[0]
+    follow = client.responses.create(model="fake/echo", previous_response_id=first.id, input=[
+        {"type": "item_reference", "id": answer.id}, {"role": "user", "content": "and again"}])
+    listed = http.get(f"/v1/responses/{follow.id}/input_items", params={"order": "asc"}).json()["data"]
+    assert [(i["type"], i["id"]) for i in listed][0] == ("message", answer.id)
+    assert listed[0]["role"] == "assistant" and listed[0]["content"][0]["text"] == "echo: refer to me"
+    assert listed[1]["content"] == [{"type": "input_text", "text": "and again"}]
+
+
 def test_input_items_are_normalised_over_grpc(stack: Stack) -> None:
     marker = nonce()
     request = codec.decode({"model": "fake/echo", "input": _shorthand_input(marker), "tools": [WEATHER]},
