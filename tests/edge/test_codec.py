@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from edge import codec
+from edge import codec, sse
 from service.engine import TurnEngine
 from service.errors import UpstreamError
 from service.providers.base import (
@@ -252,6 +252,17 @@ def test_every_event_type_is_covered() -> None:
                                "annotation": {"type": "url_citation", "url": "https://example.com", "start_index": 0,
                                               "end_index": 4, "title": "Example"}}, events_pb2.StreamEvent)
     openapi.validate_event(codec.encode(annotation))
+
+
+@pytest.mark.parametrize("tag", ["response.reasoning_text.delta", "response.reasoning.delta"])
+def test_both_spellings_of_a_renamed_event_decode(tag: str) -> None:
+    event = codec.decode({"type": tag, "sequence_number": 4, "item_id": "rs_1", "output_index": 0,
+                          "content_index": 0, "delta": "think"}, events_pb2.StreamEvent)
+    assert event.WhichOneof("event") == "reasoning_delta" and event.reasoning_delta.delta == "think"
+    assert codec.encode(event)["type"] == "response.reasoning_text.delta"  # OpenAI's spelling by default
+    renamed = sse.encode_event(event, sse.OPEN_RESPONSES_NAMES)
+    assert renamed["type"] == "response.reasoning.delta"
+    assert sse.frame(event, sse.OPEN_RESPONSES_NAMES).startswith(b"event: response.reasoning.delta\n")
 
 
 def test_int64_are_numbers_and_unset_nullables_are_null() -> None:
