@@ -7,9 +7,10 @@ Three authorities, in order:
 (c) OpenRouter's own SDK, exercised separately in tests/e2e/test_wire.py.
 Where (a) and (b) disagree, (a) wins and the difference is listed in docs/compatibility.md.
 
-`Recorder` hooks into httpx (so the openai and openrouter SDKs, and raw httpx calls, are all covered) and into
-the websockets client: every reply from a registered gateway address is checked, and the violations are kept for
-the test to fail on (tests/e2e/conftest.py does that for every end-to-end test).
+`Recorder` hooks into httpx (so the openai and openrouter SDKs, and raw httpx calls, are all covered), into the
+websockets client and into gRPC channels (replies encoded by the edge's codec, as the edge would send them): every
+reply from a registered gateway address is checked, and the violations are kept for the test to fail on
+(tests/e2e/conftest.py does that for every end-to-end test).
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
 
+import grpc
 import httpx
+from google.protobuf.message import Message
 from httpx_sse import EventSource
 from openai.types.responses import CompactedResponse, Response, ResponseItemList, ResponseStreamEvent
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
+from edge import codec
 from tests import openapi
 
 # {OpenAI name: Open Responses name} of the events the two specs spell differently.
@@ -203,6 +207,58 @@ class _Tee(httpx.SyncByteStream):
         self.inner.close()
 
 
+# gRPC method -> the check of each reply message (JSON as the edge encodes it); Session is covered by WebSocket.
+_GRPC_CHECKS: dict[str, Callable[[Any], None]] = {
+    "CreateResponse": check_response, "GetResponse": check_response, "CancelResponse": check_response,
+    "ListInputItems": check_items, "CompactResponse": check_compaction, "DeleteResponse": DeletedReply.model_validate,
+    "StreamResponse": check_event, "ResumeResponse": check_event,
+    "StreamResponseBatched": lambda batch: [check_event(e) for e in batch["events"]],
+}
+
+
+class _CheckedStream:
+    """A server-streaming call whose messages are checked as the client reads them; all else is the call's."""
+
+    def __init__(self, call: Any, check: Callable[[Message], None]) -> None:
+        self._call, self._check = call, check
+
+    def __iter__(self) -> _CheckedStream:
+        return self
+
+    def __next__(self) -> Message:
+        message: Message = next(self._call)
+        self._check(message)
+        return message
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
+class _GrpcChecker(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, recorder: Recorder, target: str) -> None:
+        self.recorder, self.target = recorder, target
+
+    def _checker(self, method: str) -> Callable[[Message], None] | None:
+        name = method.rsplit("/", 1)[-1]
+        check = _GRPC_CHECKS.get(name)
+        if check is None:
+            return None
+        return lambda message: self.recorder._record(f"gRPC {name} on {self.target}",
+                                                     lambda: check(codec.encode(message)))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        outcome = continuation(details, request)
+        check = self._checker(details.method)
+        if check is not None and outcome.exception() is None:
+            check(outcome.result())
+        return outcome
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        call = continuation(details, request)
+        check = self._checker(details.method)
+        return call if check is None else _CheckedStream(call, check)
+
+
 class Recorder:
     """Checks what registered gateway addresses answer to httpx and websockets clients in this process."""
 
@@ -214,7 +270,8 @@ class Recorder:
         self._undo: list[Callable[[], None]] = []
 
     def add_gateway(self, url: str) -> None:
-        self.gateways.add(httpx.URL(url).netloc.decode())
+        """An HTTP URL, or a gRPC HOST:PORT, whose answers are checked."""
+        self.gateways.add(httpx.URL(url).netloc.decode() if "://" in url else url)
 
     def _record(self, where: str, check: Callable[[], None]) -> None:
         try:
@@ -254,6 +311,20 @@ class Recorder:
         httpx.HTTPTransport.handle_request = handle_request  # type: ignore[method-assign]
         self._undo.append(lambda: setattr(httpx.HTTPTransport, "handle_request", original))
         self._install_websockets()
+        self._install_grpc()
+
+    def _install_grpc(self) -> None:
+        original = grpc.insecure_channel
+        recorder = self
+
+        def insecure_channel(target: str, *args: Any, **kwargs: Any) -> grpc.Channel:
+            channel = original(target, *args, **kwargs)
+            if target not in recorder.gateways:
+                return channel
+            return grpc.intercept_channel(channel, _GrpcChecker(recorder, target))
+
+        grpc.insecure_channel = insecure_channel
+        self._undo.append(lambda: setattr(grpc, "insecure_channel", original))
 
     def _install_websockets(self) -> None:
         from websockets.sync.client import ClientConnection

@@ -151,7 +151,7 @@ def start_stack(tmp: Path, upstream: str, *, env: dict[str, str] | None = None, 
         envoy=f"http://{ports['envoy']}" if envoy else None, upstream=upstream,
     )
     # Every answer of this gateway is checked for wire conformance (tests/wire.py).
-    for url in (stack.http, stack.envoy):
+    for url in (stack.http, stack.envoy, stack.grpc):
         if url is not None:
             RECORDER.add_gateway(url)
     return stack

@@ -56,6 +56,19 @@ def test_every_gateway_answer_is_checked(http: httpx.Client, wire_recorder: wire
     assert wire_recorder.checked - before == 3
 
 
+def test_every_grpc_reply_is_checked(stack: Stack, wire_recorder: wire.Recorder) -> None:
+    request = pb.CreateResponseRequest(model="fake/reasoning", input=pb.Input(text="over grpc"))
+    metadata = (("authorization", f"Bearer {API_KEY}"),)
+    before = wire_recorder.checked
+    with grpc.insecure_channel(stack.grpc) as channel:
+        stub = responses_service_pb2_grpc.ResponsesStub(channel)
+        created = stub.CreateResponse(request, metadata=metadata, timeout=60)
+        events = list(stub.StreamResponse(request, metadata=metadata, timeout=60))
+        stub.ListInputItems(pb.ListInputItemsRequest(response_id=created.id), metadata=metadata, timeout=60)
+    assert events[-1].WhichOneof("event") == "response_completed"
+    assert wire_recorder.checked - before == 1 + len(events) + 1
+
+
 def test_the_checker_rejects_what_strict_clients_reject(http: httpx.Client) -> None:
     body = http.post("/v1/responses", json={"model": "fake/echo", "input": "shape"}).json()
     wire.check_response(body)
