@@ -28,6 +28,7 @@ import httpx
 from google.protobuf.message import Message
 from httpx_sse import EventSource
 from openai.types.responses import CompactedResponse, Response, ResponseItemList, ResponseStreamEvent
+from jsonschema.exceptions import ValidationError as SchemaError
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from edge import codec
@@ -276,7 +277,7 @@ class Recorder:
     def _record(self, where: str, check: Callable[[], None]) -> None:
         try:
             check()
-        except (AssertionError, ValidationError, ValueError) as exc:
+        except (AssertionError, ValidationError, SchemaError, ValueError) as exc:
             with self._lock:
                 self.violations.append(f"{where}: {exc}"[:4000])
         with self._lock:
