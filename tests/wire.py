@@ -19,7 +19,7 @@ import json
 import re
 import threading
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import cache
 from typing import Any
 
@@ -27,8 +27,8 @@ import grpc
 import httpx
 from google.protobuf.message import Message
 from httpx_sse import EventSource
-from openai.types.responses import CompactedResponse, Response, ResponseItemList, ResponseStreamEvent
 from jsonschema.exceptions import ValidationError as SchemaError
+from openai.types.responses import CompactedResponse, Response, ResponseItemList, ResponseStreamEvent
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from edge import codec
@@ -186,26 +186,50 @@ def check_sse(body: bytes) -> None:
         check_event(data)
 
 
-class _Tee(httpx.SyncByteStream):
-    """Passes the body through unchanged and checks it once the client has read it all (or closed it)."""
+class _Body:
+    """Collects a body as the client reads it and checks it once, when read to the end or closed."""
 
-    def __init__(self, inner: httpx.SyncByteStream, done: Callable[[bytes], None]) -> None:
-        self.inner, self.done, self.chunks, self.checked = inner, done, list[bytes](), False
+    def __init__(self, done: Callable[[bytes], None]) -> None:
+        self.done, self.chunks, self.checked = done, list[bytes](), False
 
-    def __iter__(self) -> Iterator[bytes]:
-        for chunk in self.inner:
-            self.chunks.append(chunk)
-            yield chunk
-        self._finish()
-
-    def _finish(self) -> None:
+    def finish(self) -> None:
         if not self.checked:
             self.checked = True
             self.done(b"".join(self.chunks))
 
-    def close(self) -> None:
-        self._finish()
-        self.inner.close()
+
+def _tees(module: Any) -> tuple[type, type]:
+    """Pass-through body streams for one httpx flavour (httpx, or httpx2 which openai-python uses)."""
+
+    class Tee(module.SyncByteStream):  # type: ignore[misc, name-defined]
+        def __init__(self, inner: Any, body: _Body) -> None:
+            self.inner, self.body = inner, body
+
+        def __iter__(self) -> Iterator[bytes]:
+            for chunk in self.inner:
+                self.body.chunks.append(chunk)
+                yield chunk
+            self.body.finish()
+
+        def close(self) -> None:
+            self.body.finish()
+            self.inner.close()
+
+    class AsyncTee(module.AsyncByteStream):  # type: ignore[misc, name-defined]
+        def __init__(self, inner: Any, body: _Body) -> None:
+            self.inner, self.body = inner, body
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            async for chunk in self.inner:
+                self.body.chunks.append(chunk)
+                yield chunk
+            self.body.finish()
+
+        async def aclose(self) -> None:
+            self.body.finish()
+            await self.inner.aclose()
+
+    return Tee, AsyncTee
 
 
 # gRPC method -> the check of each reply message (JSON as the edge encodes it); Session is covered by WebSocket.
@@ -288,31 +312,48 @@ class Recorder:
             found, self.violations = self.violations, []
         return found
 
+    def _checker(self, request: Any, response: Any) -> _Body | None:
+        """What checks this response's body once read, or None when it is not a gateway's API answer."""
+        if request.url.netloc.decode() not in self.gateways or response.status_code == 101:
+            return None
+        method, path, status = request.method, request.url.path, response.status_code
+        content_type = response.headers.get("content-type", "")
+
+        def done(body: bytes) -> None:
+            self._record(f"{method} {path} -> {status}", lambda: check_reply(method, path, status, content_type, body))
+
+        return _Body(done)
+
     def install(self) -> None:
-        original = httpx.HTTPTransport.handle_request
-        recorder = self
-
-        def handle_request(transport: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
-            response = original(transport, request)
-            if request.url.netloc.decode() not in recorder.gateways:
-                return response
-            method, path, status = request.method, request.url.path, response.status_code
-            content_type = response.headers.get("content-type", "")
-            if status == 101:
-                return response
-
-            def done(body: bytes) -> None:
-                recorder._record(f"{method} {path} -> {status}",
-                                 lambda: check_reply(method, path, status, content_type, body))
-
-            assert isinstance(response.stream, httpx.SyncByteStream)
-            response.stream = _Tee(response.stream, done)
-            return response
-
-        httpx.HTTPTransport.handle_request = handle_request  # type: ignore[method-assign]
-        self._undo.append(lambda: setattr(httpx.HTTPTransport, "handle_request", original))
+        for module in _httpx_flavours():
+            self._install_httpx(module)
         self._install_websockets()
         self._install_grpc()
+
+    def _install_httpx(self, module: Any) -> None:
+        transport, async_transport = module.HTTPTransport, module.AsyncHTTPTransport
+        original, original_async = transport.handle_request, async_transport.handle_async_request
+        tee, async_tee = _tees(module)
+        recorder = self
+
+        def handle_request(self: Any, request: Any) -> Any:
+            response = original(self, request)
+            body = recorder._checker(request, response)
+            if body is not None:
+                response.stream = tee(response.stream, body)
+            return response
+
+        async def handle_async_request(self: Any, request: Any) -> Any:
+            response = await original_async(self, request)
+            body = recorder._checker(request, response)
+            if body is not None:
+                response.stream = async_tee(response.stream, body)
+            return response
+
+        transport.handle_request = handle_request
+        async_transport.handle_async_request = handle_async_request
+        self._undo.append(lambda: setattr(transport, "handle_request", original))
+        self._undo.append(lambda: setattr(async_transport, "handle_async_request", original_async))
 
     def _install_grpc(self) -> None:
         original = grpc.insecure_channel
@@ -345,6 +386,18 @@ class Recorder:
     def uninstall(self) -> None:
         while self._undo:
             self._undo.pop()()
+
+
+def _httpx_flavours() -> list[Any]:
+    """httpx, and httpx2 (the fork openai-python 3.x sends with) when installed."""
+    import importlib
+
+    flavours: list[Any] = [httpx]
+    try:
+        flavours.append(importlib.import_module("httpx2"))
+    except ImportError:
+        pass
+    return flavours
 
 
 RECORDER = Recorder()

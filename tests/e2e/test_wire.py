@@ -56,6 +56,15 @@ def test_every_gateway_answer_is_checked(http: httpx.Client, wire_recorder: wire
     assert wire_recorder.checked - before == 3
 
 
+async def test_async_clients_are_checked_too(base_url: str, wire_recorder: wire.Recorder) -> None:
+    before = wire_recorder.checked
+    async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=API_KEY, max_retries=0) as sdk:
+        response = await sdk.responses.create(model="fake/echo", input="async")
+        events = [event async for event in await sdk.responses.create(model="fake/echo", input="async", stream=True)]
+    assert response.output_text == "echo: async" and events[-1].type == "response.completed"
+    assert wire_recorder.checked - before == 2
+
+
 def test_every_grpc_reply_is_checked(stack: Stack, wire_recorder: wire.Recorder) -> None:
     request = pb.CreateResponseRequest(model="fake/reasoning", input=pb.Input(text="over grpc"))
     metadata = (("authorization", f"Bearer {API_KEY}"),)
