@@ -47,13 +47,17 @@ def nonce() -> str:
 # ---------------------------------------------------------------- the checker itself
 
 
-def test_every_gateway_answer_is_checked(http: httpx.Client, wire_recorder: wire.Recorder) -> None:
+def test_every_gateway_answer_is_checked(http: httpx.Client, client: openai.OpenAI,
+                                        wire_recorder: wire.Recorder) -> None:
     before = wire_recorder.checked
     http.post("/v1/responses", json={"model": "fake/echo", "input": "counted"})
     with http.stream("POST", "/v1/responses", json={"model": "fake/echo", "input": "counted", "stream": True}) as r:
         r.read()
     http.get("/v1/nothing-here")
     assert wire_recorder.checked - before == 3
+    client.responses.create(model="fake/echo", input="counted")  # openai-python sends with httpx2
+    list(client.responses.create(model="fake/echo", input="counted", stream=True))
+    assert wire_recorder.checked - before == 5
 
 
 async def test_async_clients_are_checked_too(base_url: str, wire_recorder: wire.Recorder) -> None:
