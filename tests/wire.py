@@ -8,10 +8,9 @@ Three authorities, in order:
 Where (a) and (b) disagree, (a) wins and the difference is listed in docs/compatibility.md.
 
 `Recorder` hooks into httpx and httpx2 (so the openrouter and openai SDKs, sync and async, and raw httpx calls
-are all covered), into the
-websockets client and into gRPC channels (replies encoded by the edge's codec, as the edge would send them): every
-reply from a registered gateway address is checked, and the violations are kept for the test to fail on
-(tests/e2e/conftest.py does that for every end-to-end test).
+are all covered), into the websockets client and into gRPC channels (replies encoded by the edge's codec, as the
+edge would send them): every reply from a registered gateway address is checked, and the violations are kept for
+the test to fail on (tests/e2e/conftest.py does that for every end-to-end test).
 """
 
 from __future__ import annotations
