@@ -6,7 +6,7 @@ No business rules live here; internal gRPC callers get exactly the same behaviou
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -18,7 +18,8 @@ from starlette.responses import Response, StreamingResponse
 
 from edge import codec
 from edge.errors import HttpError, from_rpc_error, invalid_request
-from edge.sse import DONE, StreamTracker, frame
+from edge.sse import DONE, OPEN_RESPONSES_NAMES, StreamTracker, frame
+from service.config import EVENT_NAMES
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
 
 M = TypeVar("M", bound=Message)
@@ -31,13 +32,16 @@ _PROPAGATION = ("traceparent", "tracestate")
 # gRPC metadata that becomes a response header.
 _RESPONSE_HEADERS = ("x-switchboard-omitted-tools",)
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+# Per-request choice of the stream event names (`openai` or `open_responses`), over the configured default.
+EVENT_NAMES_HEADER = "x-switchboard-event-names"
 _JSON = "application/json"
 
 
 class Edge:
     def __init__(self, target: str, *, max_body_bytes: int, request_timeout: float | None,
-                 forward_trace_headers: bool) -> None:
+                 forward_trace_headers: bool, event_names: str = "openai") -> None:
         self.target = target
+        self.event_names = event_names
         self.max_body_bytes = max_body_bytes
         self.request_timeout = request_timeout
         self.forward_trace_headers = forward_trace_headers
@@ -72,6 +76,15 @@ class Edge:
     def metadata(self, request: HTTPConnection) -> tuple[tuple[str, str], ...]:
         headers = request.headers
         return tuple((name, value) for name in self._forwarded if (value := headers.get(name)) is not None)
+
+    def names(self, request: HTTPConnection) -> Mapping[str, str] | HttpError:
+        """The event renames this request asked for (header), or the configured ones."""
+        value = request.headers.get(EVENT_NAMES_HEADER, self.event_names).strip().lower().replace("-", "_")
+        if value not in EVENT_NAMES:
+            return invalid_request(f"Invalid value for header '{EVENT_NAMES_HEADER}': expected one of "
+                                   f"{', '.join(EVENT_NAMES)}, got {value!r}.", EVENT_NAMES_HEADER,
+                                   code="invalid_header")
+        return OPEN_RESPONSES_NAMES if value == "open_responses" else {}
 
     async def _read_body(self, request: Request) -> bytes:
         length = request.headers.get("content-length")
@@ -108,7 +121,11 @@ class Edge:
         _annotate_span(parsed, request)
         metadata = self.metadata(request)
         if parsed.stream:
-            return await self.sse(self.rpc.StreamResponseBatched(parsed, metadata=metadata), batched=True)
+            names = self.names(request)
+            if isinstance(names, HttpError):
+                return error_response(names)
+            return await self.sse(self.rpc.StreamResponseBatched(parsed, metadata=metadata), batched=True,
+                                  names=names)
         return await self.unary(self.rpc.CreateResponse(parsed, metadata=metadata, timeout=self.request_timeout))
 
     async def unary(self, call: Any) -> Response:
@@ -120,7 +137,8 @@ class Edge:
             return await self._error(call, exc)
         return Response(codec.dumps(reply), media_type=_JSON, headers=headers)
 
-    async def sse(self, call: Any, *, batched: bool = False, empty_ok: bool = False) -> Response:
+    async def sse(self, call: Any, *, batched: bool = False, empty_ok: bool = False,
+                  names: Mapping[str, str] | None = None) -> Response:
         """An SSE response from a server-streaming gRPC call of events (or of event batches). Errors before the
         first event keep their HTTP status; later ones become `error` + `response.failed`."""
         try:
@@ -143,7 +161,7 @@ class Edge:
                     chunk = []
                     for event in message.events if batched else (message,):
                         tracker.see(event)
-                        chunk.append(frame(event))
+                        chunk.append(frame(event, names))
                     # One write per batch: what the service sent together goes out together.
                     yield b"".join(chunk)
                     message = await call.read()

@@ -5,7 +5,8 @@ Every message type gets one compiled encoder and one decoder, built on first use
 - an arm without a tag is the bare value (``"auto"``, a string, a list);
 - ``json_list`` messages are JSON arrays; ``rest`` Struct fields collect undeclared keys;
 - unset ``nullable`` fields become ``null``; other unset optional fields are left out;
-- enums are strings; int64 are JSON numbers; field names are the JSON names.
+- enums are strings; int64 are JSON numbers; field names are the JSON names;
+- a tag with an ``open_responses_tag`` decodes from either spelling; ``open_responses_tags`` lists the renames.
 """
 
 from __future__ import annotations
@@ -302,6 +303,15 @@ def dumps(msg: Message) -> bytes:
     return orjson.dumps(encode(msg))
 
 
+def open_responses_tags(desc: Descriptor) -> dict[str, str]:
+    """The ``type`` tags of a union message whose Open Responses spelling differs: {OpenAI tag: Open Responses tag}."""
+    oneof = _union_oneof(desc)
+    if oneof is None:
+        return {}
+    return {_opt(f, json_pb2.type_tag): alt for f in desc.oneofs_by_name[oneof].fields
+            if (alt := _opt(f, json_pb2.open_responses_tag))}
+
+
 # ---------------------------------------------------------------- decoding
 
 _decoders: dict[str, Decoder] = {}
@@ -475,6 +485,7 @@ def _fields_decoder(desc: Descriptor, skip: str | None) -> Decoder:
 def _union_decoder(desc: Descriptor, oneof: str, common: Decoder) -> Decoder:
     arms = desc.oneofs_by_name[oneof].fields
     tagged = {_opt(f, json_pb2.type_tag): f for f in arms if _opt(f, json_pb2.type_tag)}
+    tagged |= {_opt(f, json_pb2.open_responses_tag): f for f in arms if _opt(f, json_pb2.open_responses_tag)}
     inferred = [(_opt(f, json_pb2.infer_key), f) for f in arms if _opt(f, json_pb2.infer_key)]
     catch_all = next((f for f in arms if _opt(f, json_pb2.catch_all)), None)
     bare = [f for f in arms if not _opt(f, json_pb2.type_tag) and not _opt(f, json_pb2.catch_all)]

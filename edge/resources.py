@@ -47,8 +47,11 @@ def resource_routes(edge: Edge) -> list[BaseRoute]:
             message.starting_after = starting_after
         metadata = edge.metadata(request)
         if request.query_params.get("stream", "").lower() == "true":
+            names = edge.names(request)
+            if isinstance(names, HttpError):
+                return error_response(names)
             # Resuming at or past the last event is an empty stream, not an error.
-            return await edge.sse(edge.rpc.ResumeResponse(message, metadata=metadata), empty_ok=True)
+            return await edge.sse(edge.rpc.ResumeResponse(message, metadata=metadata), empty_ok=True, names=names)
         return await edge.unary(edge.rpc.GetResponse(message, metadata=metadata, timeout=30))
 
     async def delete(request: Request) -> Response:

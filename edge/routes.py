@@ -45,7 +45,7 @@ def create_app(edge: Edge) -> Starlette:
         finally:
             await edge.close()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/responses", edge.create_response, methods=["POST"]),
             *resource_routes(edge),
@@ -55,3 +55,6 @@ def create_app(edge: Edge) -> Starlette:
         exception_handlers={404: _not_found, 405: _method_not_allowed, 500: _server_error},
         lifespan=lifespan,
     )
+    # Every path answers for itself: `/v1/responses/` is an unknown route (JSON 404), not a redirect.
+    app.router.redirect_slashes = False
+    return app

@@ -33,7 +33,8 @@ def grpc_target(config: Config) -> str:
 def build_app(config: Config) -> ASGIApp:
     telemetry.setup("switchboard-edge", enabled=config.otel_enabled, grpc_client=True)
     edge = Edge(grpc_target(config), max_body_bytes=config.server.max_body_bytes,
-                request_timeout=config.server.request_timeout, forward_trace_headers=not config.otel_enabled)
+                request_timeout=config.server.request_timeout, forward_trace_headers=not config.otel_enabled,
+                event_names=config.server.event_names)
     app: ASGIApp = create_app(edge)
     if config.otel_enabled:
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware

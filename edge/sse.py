@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 
@@ -11,10 +13,20 @@ from edge.errors import HttpError
 from switchboard.responses.v1 import events_pb2, response_pb2
 
 DONE = b"data: [DONE]\n\n"
+# {OpenAI name: Open Responses name} of the stream events the two specs spell differently.
+OPEN_RESPONSES_NAMES = codec.open_responses_tags(events_pb2.StreamEvent.DESCRIPTOR)
 
 
-def frame(event: events_pb2.StreamEvent) -> bytes:
-    data = codec.encode(event)
+def encode_event(message: Any, names: Mapping[str, str]) -> Any:
+    """The JSON of an event (or of a frame holding one), its ``type`` renamed through ``names``."""
+    data = codec.encode(message)
+    if names and isinstance(data, dict) and (renamed := names.get(data.get("type", ""))) is not None:
+        data["type"] = renamed
+    return data
+
+
+def frame(event: events_pb2.StreamEvent, names: Mapping[str, str] | None = None) -> bytes:
+    data = encode_event(event, names or {})
     kind: str = data["type"]
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
@@ -42,14 +54,16 @@ class StreamTracker:
         if error.param is not None:
             payload.param = error.param
         error_event = events_pb2.StreamEvent(sequence_number=self.next_sequence,
-                                             error=events_pb2.ErrorEvent(error=payload))
+                                             error=events_pb2.ErrorEvent(error=payload, message=error.message,
+                                                                         code=error.code, param=error.param))
         response = response_pb2.Response()
         if self.snapshot is not None:
             response.CopyFrom(self.snapshot)
         else:
             response.object, response.created_at = "response", int(time.time())
         response.status = response_pb2.RESPONSE_STATUS_FAILED
-        response.error.code = error.code or "stream_interrupted"
+        # The detailed code is in the `error` event; a response's error code is from OpenAI's closed set.
+        response.error.code = "server_error"
         response.error.message = error.message
         failed = events_pb2.StreamEvent(sequence_number=self.next_sequence + 1,
                                         response_failed=events_pb2.ResponseEvent(response=response))

@@ -14,7 +14,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from edge import codec
 from edge.app import Edge
-from edge.errors import from_rpc_error
+from edge.errors import HttpError, from_rpc_error
+from edge.sse import encode_event
 from switchboard.responses.v1 import responses_service_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,12 @@ def _error_frame(status: int, code: str, message: str, error_type: str, param: s
 
 def websocket_endpoint(edge: Edge, limit: float = CONNECTION_LIMIT_SECONDS) -> Callable[[WebSocket], Awaitable[None]]:
     async def endpoint(websocket: WebSocket) -> None:
+        names = edge.names(websocket)
         await websocket.accept()
+        if isinstance(names, HttpError):
+            await _close(websocket, _error_frame(names.status, names.code or "error", names.message, names.type,
+                                                 names.param))
+            return
         call = edge.rpc.Session(metadata=edge.metadata(websocket))
 
         async def client_to_service() -> None:
@@ -52,7 +58,7 @@ def websocket_endpoint(edge: Edge, limit: float = CONNECTION_LIMIT_SECONDS) -> C
 
         async def service_to_client() -> None:
             async for event in call:
-                await websocket.send_text(codec.dumps(event).decode())
+                await websocket.send_text(orjson.dumps(encode_event(event, names)).decode())
 
         inbound = asyncio.create_task(client_to_service())
         outbound = asyncio.create_task(service_to_client())

@@ -4,7 +4,7 @@
 #
 # llama-cpp-python ships no wheels on PyPI, so it compiles. The default build tunes ggml to the building CPU
 # (GGML_NATIVE), which crashes on other CPUs (and on Intel CPUs with AMX, on this one: llama.cpp #20824).
-# We build one fixed baseline per architecture (docs/decisions/0007-portable-llama-build.md) into a wheel cache
+# We build one fixed baseline per architecture (docs/decisions/0013-portable-llama-build.md) into a wheel cache
 # keyed by version and flags, so a wheel built on one machine is valid on the next, and pip's own cache (which
 # does not know the flags) is never used for it.
 set -euo pipefail

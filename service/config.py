@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENVOY_TEMPLATE = REPO_ROOT / "deploy" / "envoy" / "envoy.yaml"
 PROVIDER_KINDS = ("openai-chat", "openai-responses", "anthropic", "llama-cpp")
+# Spellings of the stream event names where OpenAI (and OpenRouter) and Open Responses differ.
+EVENT_NAMES = ("openai", "open_responses")
 
 
 class ConfigError(ValueError):
@@ -57,6 +59,8 @@ class ServerConfig:
     restart_window: float = 60.0
     # Service and edge processes `serve` runs, sharing their ports (SO_REUSEPORT); "auto" = one per CPU core.
     workers: int = 1
+    # Stream event names where the specs differ: `openai` (OpenAI and OpenRouter) or `open_responses`.
+    event_names: str = "openai"
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,8 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
     server = ServerConfig(**server_raw)
     if not isinstance(server.restart_limit, int) or server.restart_limit < 0 or server.restart_window <= 0:
         raise ConfigError("server.restart_limit: a count >= 0; server.restart_window: seconds > 0")
+    if server.event_names not in EVENT_NAMES:
+        raise ConfigError(f"server.event_names: expected one of {', '.join(EVENT_NAMES)}, got {server.event_names!r}")
     for key in ("grpc", "http", "envoy", "envoy_grpc", "envoy_admin", "metrics", "envoy_otlp"):
         value = getattr(server, key)
         if value is not None:

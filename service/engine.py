@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from service.errors import ApiError, UpstreamError
+from service.errors import ApiError, UpstreamError, response_error_code
 from service.providers.base import (
     Delta,
     Finish,
@@ -92,6 +92,8 @@ class TurnEngine:
         self._usage = UsageDelta()
         self._finish: str | None = None
         self.terminal = False
+        # The failure that ended the response, with its detailed code (`response.error.code` is OpenAI's class).
+        self.failure: ApiError | None = None
 
     # ------------------------------------------------------------ events
 
@@ -158,6 +160,7 @@ class TurnEngine:
                 input_tokens=max(u.input_tokens, delta.input_tokens),
                 output_tokens=max(u.output_tokens, delta.output_tokens),
                 cached_tokens=max(u.cached_tokens, delta.cached_tokens),
+                cache_write_tokens=max(u.cache_write_tokens, delta.cache_write_tokens),
                 reasoning_tokens=max(u.reasoning_tokens, delta.reasoning_tokens),
             )
             return []
@@ -378,7 +381,8 @@ class TurnEngine:
             input_tokens=u.input_tokens,
             output_tokens=u.output_tokens,
             total_tokens=u.input_tokens + u.output_tokens,
-            input_tokens_details=response_pb2.InputTokensDetails(cached_tokens=u.cached_tokens),
+            input_tokens_details=response_pb2.InputTokensDetails(cached_tokens=u.cached_tokens,
+                                                                 cache_write_tokens=u.cache_write_tokens),
             output_tokens_details=response_pb2.OutputTokensDetails(reasoning_tokens=u.reasoning_tokens),
         ))
         if self.options.prices is not None:
@@ -410,8 +414,12 @@ class TurnEngine:
             if broken is not None:
                 return self.fail(UpstreamError(f"The upstream returned arguments for {broken!r} that are not JSON.",
                                                code="upstream_invalid_tool_arguments", retryable=False))
-        incomplete = {"length": "max_output_tokens", "content_filter": "content_filter",
-                      "unknown": "upstream_finish_reason"}.get(reason or "")
+        if reason == "unknown":
+            # OpenAI's incomplete reasons are a closed set, and an undocumented reason (OpenRouter's "error") means
+            # the upstream did not finish properly: a failure, not a completed or incomplete answer.
+            return self.fail(UpstreamError("The upstream ended the answer with an undocumented finish reason.",
+                                           code="upstream_finish_reason", retryable=False))
+        incomplete = {"length": "max_output_tokens", "content_filter": "content_filter"}.get(reason or "")
         events = self._close_all(INCOMPLETE if incomplete else COMPLETED)
         self._set_usage()
         self.response.output_text = self._output_text()
@@ -431,8 +439,8 @@ class TurnEngine:
         self._set_usage()
         self.response.output_text = self._output_text()
         self.response.status = response_pb2.RESPONSE_STATUS_CANCELLED
-        self.response.error.CopyFrom(response_pb2.ResponseError(code="cancelled",
-                                                                message="The response was cancelled."))
+        # As OpenAI: a cancelled response has no error; its status says what happened.
+        self.response.ClearField("error")
         self.terminal = True
         return events + [self._snapshot_event("response_failed")]
 
@@ -442,10 +450,13 @@ class TurnEngine:
         payload = events_pb2.ErrorPayload(type=error.error_type, code=error.code, message=error.message)
         if error.param is not None:
             payload.param = error.param
-        events.append(self._event(error=events_pb2.ErrorEvent(error=payload)))
+        events.append(self._event(error=events_pb2.ErrorEvent(error=payload, message=error.message, code=error.code,
+                                                              param=error.param)))
         self._set_usage()
         self.response.output_text = self._output_text()
         self.response.status = response_pb2.RESPONSE_STATUS_FAILED
-        self.response.error.CopyFrom(response_pb2.ResponseError(code=error.code, message=error.message))
+        self.failure = error
+        self.response.error.CopyFrom(response_pb2.ResponseError(code=response_error_code(error.status, error.code),
+                                                                message=error.message))
         self.terminal = True
         return events + [self._snapshot_event("response_failed")]

@@ -27,6 +27,23 @@ STATUS_MAP: dict[grpc.StatusCode, tuple[int, str]] = {
 }
 
 
+# The codes OpenAI allows in a response's `error.code` (typed clients reject others); the detailed code of a failure
+# travels in the stream's `error` event and in the error body of a unary call.
+RESPONSE_ERROR_CODES = frozenset(("server_error", "rate_limit_exceeded", "invalid_prompt"))
+
+
+def response_error_code(status: grpc.StatusCode, code: str) -> str:
+    """The `error.code` of a failed response object: the failure's own code where OpenAI knows it, else its class."""
+    if code in RESPONSE_ERROR_CODES:
+        return code
+    if status == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return "rate_limit_exceeded"
+    if status in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                  grpc.StatusCode.OUT_OF_RANGE):
+        return "invalid_prompt"
+    return "server_error"
+
+
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

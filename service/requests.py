@@ -146,6 +146,41 @@ def input_items(request: Request) -> list[items_pb2.Item]:
     return items
 
 
+def normalised_input_item(item: items_pb2.Item) -> items_pb2.Item:
+    """A stored input item as OpenAI lists it, whatever shorthand the request used: an id and a status on every
+    item, a message's content as typed parts (`input_text` from a user, system or developer; `output_text` from
+    the assistant), an image's `detail` spelled out."""
+    out = items_pb2.Item()
+    out.CopyFrom(item)
+    kind = out.WhichOneof("item")
+    sub = getattr(out, str(kind)) if kind in _ID_PREFIXES else None
+    if sub is not None and kind != "compaction" and not sub.status:
+        sub.status = items_pb2.ITEM_STATUS_COMPLETED
+    if kind != "message":
+        return out
+    message = out.message
+    assistant = message.role == items_pb2.MESSAGE_ROLE_ASSISTANT
+    parts: list[content_pb2.ContentPart] = []
+    if message.content.WhichOneof("value") == "parts":
+        parts = list(message.content.parts.parts)
+    elif message.content.text:
+        parts = [content_pb2.ContentPart(input_text=content_pb2.InputTextContent(text=message.content.text))]
+    normal = content_pb2.ContentList()
+    for part in parts:
+        which = part.WhichOneof("part")
+        if assistant and which in ("input_text", "text"):
+            normal.parts.add(output_text=content_pb2.OutputTextContent(text=getattr(part, which).text))
+        elif not assistant and which in ("output_text", "text"):
+            normal.parts.add(input_text=content_pb2.InputTextContent(text=getattr(part, which).text))
+        else:
+            copy = normal.parts.add()
+            copy.CopyFrom(part)
+            if which == "input_image" and not copy.input_image.detail:
+                copy.input_image.detail = content_pb2.IMAGE_DETAIL_AUTO
+    message.content.parts.CopyFrom(normal)
+    return out
+
+
 def conversation(request: Request, inputs: list[items_pb2.Item], history: list[items_pb2.Item],
                  sealer: Sealer | None = None) -> list[items_pb2.Item]:
     """What the upstream sees: instructions as the first system message (never inherited), the earlier turns
@@ -167,7 +202,25 @@ def conversation(request: Request, inputs: list[items_pb2.Item], history: list[i
                               f"input[{index}].id", code="item_not_found")
             item = found
         items.extend(_expand(item, f"input[{index}]", sealer))
+    _check_outputs_answer_calls(inputs, items)
     return items
+
+
+def _resolved(inputs: list[items_pb2.Item], history: list[items_pb2.Item]) -> list[items_pb2.Item]:
+    """The input as stored: an `item_reference` becomes the item it names (as OpenAI lists it; conversation()
+    already refused references to nothing, and a chain expands the copy just as it would the reference)."""
+    known = {item_id(i): i for i in history if item_id(i)}
+    return [known.get(i.item_reference.id, i) if i.WhichOneof("item") == "item_reference" else i for i in inputs]
+
+
+def _check_outputs_answer_calls(inputs: list[items_pb2.Item], conversation: list[items_pb2.Item]) -> None:
+    """As OpenAI: a tool output must answer a call of this conversation (the chain, the connection's cached
+    chain or this input, compactions and references expanded)."""
+    calls = {i.function_call.call_id for i in conversation if i.WhichOneof("item") == "function_call"}
+    for index, item in enumerate(inputs):
+        if item.WhichOneof("item") == "function_call_output" and item.function_call_output.call_id not in calls:
+            raise invalid(f"No tool call found for function call output with call_id "
+                          f"{item.function_call_output.call_id}.", f"input[{index}]")
 
 
 def item_id(item: items_pb2.Item) -> str:
@@ -312,4 +365,4 @@ def prepare(request: Request, config: Config, *, stream: bool, timeout: float | 
         prices=config.prices.get(model),
     )
     return Prepared(turn=turn, response=initial_response(request, model, store), model=model,
-                    omitted_tools=tools.omitted, options=options, inputs=inputs, history=history)
+                    omitted_tools=tools.omitted, options=options, inputs=_resolved(inputs, history), history=history)

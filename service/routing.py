@@ -191,20 +191,26 @@ class Router:
         sort_by, partition = self._sort(p)
         attempts: list[Attempt] = []
         reasons: list[str] = []
+        params: list[str] = []
         for index, name in enumerate(dict.fromkeys(model_names)):
             endpoints = self.endpoints(name, "model" if index == 0 else f"models[{index - 1}]")
-            kept, why = self._filter(endpoints, p, needed_parameters, estimated_input_tokens)
+            kept, why, param = self._filter(endpoints, p, needed_parameters, estimated_input_tokens)
             ordered = self._order(kept, p, sort_by, session_key) if kept else []
             if kept and not ordered:
                 why = f"provider.order {list(p.order)} with allow_fallbacks false matched none of " + ", ".join(
                     e.slug for e in kept)
+                param = "provider.order"
             if not ordered:
                 reasons.append(f"model {name!r}: {why}")
+                params.append(param)
             attempts.extend(Attempt(name, e) for e in ordered)
         if not attempts:
+            # The filters read only the configuration, so no retry can ever satisfy them: a permanent 404 (as
+            # OpenRouter answers), never the 503 that endpoints failing or cooling down get.
             raise ApiError(
-                grpc.StatusCode.UNAVAILABLE, "no_provider_available",
-                "No provider meets the routing requirements: " + "; ".join(reasons), http_status=503,
+                grpc.StatusCode.NOT_FOUND, "no_endpoints_found",
+                "No endpoints found that satisfy the routing requirements: " + "; ".join(reasons),
+                param=params[0] if params else "provider",
             )
         if sort_by and partition == "none" and not p.order:
             # partition none: one sort across all models' endpoints instead of model by model.
@@ -226,8 +232,9 @@ class Router:
     @staticmethod
     def _filter(
         endpoints: Sequence[Endpoint], p: Preferences, needed: set[str], estimated_tokens: int,
-    ) -> tuple[list[Endpoint], str]:
-        """The endpoints every filter keeps, and which filter dropped which endpoint (for the 503 message)."""
+    ) -> tuple[list[Endpoint], str, str]:
+        """The endpoints every filter keeps, which filter dropped which endpoint (for the error message), and the
+        parameter of the filter that dropped the last one."""
         checks: list[tuple[str, Callable[[Endpoint], bool]]] = []
         if p.only:
             checks.append((f"provider.only {list(p.only)}", lambda e: _matches(e, p.only)))
@@ -260,12 +267,15 @@ class Router:
                            lambda e: e.context_length is None or e.context_length >= estimated_tokens))
         kept = list(endpoints)
         dropped: list[str] = []
+        param = "provider"
         for why, ok in checks:
             out = [e for e in kept if not ok(e)]
             if out:
                 dropped.append(f"{why} excluded {', '.join(e.slug for e in out)}")
                 kept = [e for e in kept if ok(e)]
-        return kept, "; ".join(dropped)
+                if not kept:
+                    param = why.split(" ", 1)[0] if why.startswith("provider.") else "input"
+        return kept, "; ".join(dropped), param
 
     def _sort_key(self, sort_by: str) -> Callable[[Endpoint], tuple[bool, float, float]]:
         # Unmeasured endpoints sort last for latency and throughput; Python's stable sort keeps config order on ties.

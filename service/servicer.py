@@ -15,7 +15,7 @@ from service.background import TERMINAL_STATUSES, BackgroundWorker, tail
 from service.engine import TurnEngine, new_id
 from service.errors import ApiError, internal, invalid
 from service.ratelimit import RateLimiter, headers, rejected
-from service.requests import COMPACTION_PURPOSE, expand_compactions, input_items
+from service.requests import COMPACTION_PURPOSE, expand_compactions, input_items, normalised_input_item
 from service.session import session
 from service.store import Store, StoredResponse
 from service.streams import batches
@@ -124,8 +124,9 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
             await self._record_tokens(started.owner, response)
             if response.status == response_pb2.RESPONSE_STATUS_FAILED:
                 # A unary call has no stream to carry the failure: it is the call's status.
-                raise ApiError(grpc.StatusCode.UNAVAILABLE, response.error.code, response.error.message,
-                               http_status=502)
+                failure = started.engine.failure
+                raise ApiError(grpc.StatusCode.UNAVAILABLE, failure.code if failure else response.error.code,
+                               response.error.message, http_status=502)
             return response
 
         return await self._guard(context, create, "CreateResponse")
@@ -250,11 +251,11 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
                               "after" if request.HasField("after") else "before") from None
             if found is None:
                 raise not_found(request.response_id)
-            result = pb.InputItemList(object="list", data=found.items, has_more=found.has_more)
-            if found.first_id is not None:
-                result.first_id = found.first_id
-            if found.last_id is not None:
-                result.last_id = found.last_id
+            result = pb.InputItemList(object="list", data=[normalised_input_item(i) for i in found.items],
+                                      has_more=found.has_more)
+            # openai-python requires both ids as strings, so an empty page has empty ids rather than nulls.
+            result.first_id = found.first_id or ""
+            result.last_id = found.last_id or ""
             return result
 
         return await self._guard(context, page, "ListInputItems")

@@ -95,6 +95,7 @@ def validate(request: Request, *, limits: Limits = DEFAULT_LIMITS, stream: bool 
     _provider(request.provider)
     _plugins(request)
     _trace(request)
+    _prompt(request)
 
 
 # ---------------------------------------------------------------- tables
@@ -427,6 +428,27 @@ def _trace(request: Request) -> None:
         if kind in ("struct_value", "list_value"):
             shape = "an object" if kind == "struct_value" else "an array"
             _fail(f"trace.{_key(key)}", f"custom trace keys take a string, number or boolean, but got {shape}.")
+
+
+_VARIABLE_PARTS = ("input_text", "input_image", "input_file")
+
+
+def _prompt(request: Request) -> None:
+    """As OpenAI: a prompt variable is a string or an input_text, input_image or input_file part."""
+    variables = request.prompt.variables.fields
+    for key in sorted(variables):
+        value = variables[key]
+        kind = value.WhichOneof("kind")
+        param = f"prompt.variables.{_key(key)}"
+        if kind == "string_value":
+            continue
+        part = value.struct_value.fields if kind == "struct_value" else None
+        tag = part["type"].string_value if part is not None and "type" in part else ""
+        if tag not in _VARIABLE_PARTS:
+            _fail(param, "a prompt variable is a string or an object of type 'input_text', 'input_image' or "
+                         "'input_file'.", code="invalid_type")
+        if tag == "input_text" and (part is None or part["text"].WhichOneof("kind") != "string_value"):
+            _missing(f"{param}.text")
 
 
 __all__ = ["DEFAULT_LIMITS", "Limits", "validate"]

@@ -24,6 +24,11 @@ def _spec() -> dict[str, Any]:
     spec["components"]["schemas"]["JsonSchemaResponseFormat"]["properties"]["schema"] = {
         "anyOf": [{"type": "object"}, {"type": "null"}]
     }
+    # Spec defect: ReasoningEffortEnum describes `minimal` (OpenAI's and OpenRouter's value) but leaves it out of
+    # the enum; the gateway accepts and echoes it (docs/compatibility.md).
+    effort = spec["components"]["schemas"]["ReasoningEffortEnum"]
+    if "minimal" in effort.get("x-enumDescriptions", {}) and "minimal" not in effort["enum"]:
+        effort["enum"].append("minimal")
     return spec
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests import openapi
+from tests import wire
 
 TERMINAL = {"response.completed", "response.failed", "response.incomplete"}
 _DELTA_DONE = {
     "response.output_text.delta": ("response.output_text.done", "text"),
     "response.refusal.delta": ("response.refusal.done", "refusal"),
+    "response.reasoning_text.delta": ("response.reasoning_text.done", "text"),
     "response.reasoning.delta": ("response.reasoning.done", "text"),
     "response.reasoning_summary_text.delta": ("response.reasoning_summary_text.done", "text"),
     "response.function_call_arguments.delta": ("response.function_call_arguments.done", "arguments"),
@@ -17,17 +18,18 @@ _DELTA_DONE = {
 
 
 def check_stream(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """Validates every event against the OpenAPI and the order rules; returns the final response."""
+    """Validates every event (openai-python strict and the OpenAPI, tests/wire.py) and the order rules; returns
+    the final response."""
     assert events, "empty stream"
     for event in events:
-        openapi.validate_event(event)
+        wire.check_event(event)
     assert [e["sequence_number"] for e in events] == list(range(events[0]["sequence_number"],
                                                                 events[0]["sequence_number"] + len(events)))
     assert events[0]["type"] == "response.created"
     terminals = [i for i, e in enumerate(events) if e["type"] in TERMINAL]
     assert terminals == [len(events) - 1], f"exactly one terminal event, last: {[e['type'] for e in events]}"
     final: dict[str, Any] = events[-1]["response"]
-    openapi.validate_response(final)
+    wire.check_response(final)
 
     open_items: dict[int, dict[str, Any]] = {}
     done_items: dict[int, dict[str, Any]] = {}

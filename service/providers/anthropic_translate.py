@@ -322,7 +322,7 @@ def usage_delta(usage: JSON) -> UsageDelta:
     read = usage.get("cache_read_input_tokens") or 0
     written = usage.get("cache_creation_input_tokens") or 0
     return UsageDelta(input_tokens=(usage.get("input_tokens") or 0) + read + written,
-                      output_tokens=usage.get("output_tokens") or 0, cached_tokens=read)
+                      output_tokens=usage.get("output_tokens") or 0, cached_tokens=read, cache_write_tokens=written)
 
 
 def end_deltas(stop_reason: str | None, produced_text: bool, saw_calls: bool, usage: JSON | None) -> list[Delta]:

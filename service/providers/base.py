@@ -12,7 +12,7 @@ from typing import Literal, Protocol
 
 from switchboard.responses.v1 import items_pb2, response_pb2, tools_pb2
 
-# "unknown": the upstream gave a finish reason nobody documents; the response ends incomplete, not completed.
+# "unknown": the upstream gave a finish reason nobody documents; the response fails (code upstream_finish_reason).
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "unknown"]
 
 
@@ -70,6 +70,7 @@ class UsageDelta:
     output_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

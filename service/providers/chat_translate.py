@@ -340,6 +340,8 @@ def usage_delta(usage: JSON) -> UsageDelta:
         input_tokens=usage.get("prompt_tokens") or 0,
         output_tokens=usage.get("completion_tokens") or 0,
         cached_tokens=prompt.get("cached_tokens") or 0,
+        # OpenRouter's and OpenAI's name for prompt-cache writes.
+        cache_write_tokens=prompt.get("cache_write_tokens") or 0,
         reasoning_tokens=completion.get("reasoning_tokens") or 0,
     )
 

@@ -253,6 +253,7 @@ def usage_delta(usage: JSON) -> UsageDelta:
     details_out = usage.get("output_tokens_details") or {}
     return UsageDelta(input_tokens=usage.get("input_tokens") or 0, output_tokens=usage.get("output_tokens") or 0,
                       cached_tokens=details_in.get("cached_tokens") or 0,
+                      cache_write_tokens=details_in.get("cache_write_tokens") or 0,
                       reasoning_tokens=details_out.get("reasoning_tokens") or 0)
 
 

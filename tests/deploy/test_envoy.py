@@ -268,6 +268,26 @@ async def test_plain_get_and_request_id_reach_the_app(stack: Stack) -> None:
 
 
 @pytest.mark.asyncio
+async def test_envoys_own_failures_answer_the_error_json(grpc_service: tuple[int, health.HealthServicer]) -> None:
+    public = free_port()
+    addrs = EnvoyAddresses(public=local(public), edge=local(free_port()), service=local(grpc_service[0]),
+                           admin=local(free_port()), grpc_internal=None)
+    envoy = EnvoyProcess(render_config(TEMPLATE, addrs), drain_time_s=2)
+    await envoy.start()
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            reply = await client.post(f"http://127.0.0.1:{public}/v1/responses", json={"input": "x"})
+            live = await client.get(f"http://127.0.0.1:{public}/livez")
+    finally:
+        await envoy.stop(drain=False)
+    assert reply.status_code == 503, reply.text
+    assert reply.headers["content-type"] == "application/json"
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "server_error" and error["param"] is None and error["message"] and error["code"]
+    assert live.text == "live"  # direct responses keep their own body
+
+
 async def test_oversized_body_is_refused_by_envoy(stack: Stack) -> None:
     # Only the headers are sent: Envoy must answer from Content-Length alone, without reading the body.
     host, port = stack.public.removeprefix("http://").split(":")

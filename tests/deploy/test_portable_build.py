@@ -1,4 +1,4 @@
-"""llama.cpp is built for a fixed CPU baseline, never for the building machine (decision 7).
+"""llama.cpp is built for a fixed CPU baseline, never for the building machine (decision 13).
 
 A wheel built for the builder's CPU crashes on another (and, with ggml's AMX path, on Intel CPUs with AMX): every
 place that installs llama.cpp must use the same portable flags, and the installed build must carry no feature the

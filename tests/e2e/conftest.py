@@ -9,6 +9,24 @@ import pytest
 
 from tests.e2e.stack import API_KEY, Process, Stack, start_stack, start_upstream
 from tests.fakes.otlp import Collector
+from tests.wire import RECORDER, Recorder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def wire_recorder() -> Iterator[Recorder]:
+    """Checks every JSON body, SSE event and WebSocket frame a gateway answers in these tests (tests/wire.py)."""
+    RECORDER.install()
+    yield RECORDER
+    RECORDER.uninstall()
+
+
+@pytest.fixture(autouse=True)
+def wire_conformance(wire_recorder: Recorder) -> Iterator[None]:
+    """Fails the test when anything the gateway answered during it is not what strict clients parse."""
+    wire_recorder.take()
+    yield
+    violations = wire_recorder.take()
+    assert not violations, "the gateway emitted non-conforming JSON:\n" + "\n".join(violations)
 
 
 @pytest.fixture(scope="session")

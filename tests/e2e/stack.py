@@ -18,6 +18,7 @@ import httpx
 import yaml
 
 from tests.processes import descendants, kill_tree, launcher, track
+from tests.wire import RECORDER
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "sk-test-0123456789"
@@ -153,10 +154,15 @@ def start_stack(tmp: Path, upstream: str, *, env: dict[str, str] | None = None, 
     except BaseException:
         process.stop()
         raise
-    return Stack(
+    stack = Stack(
         process=process, config_path=config_path, grpc=ports["grpc"], http=f"http://{ports['http']}",
         envoy=f"http://{ports['envoy']}" if envoy else None, upstream=upstream,
     )
+    # Every answer of this gateway is checked for wire conformance (tests/wire.py).
+    for url in (stack.http, stack.envoy, stack.grpc):
+        if url is not None:
+            RECORDER.add_gateway(url)
+    return stack
 
 
 def upstream_requests(upstream: str) -> list[dict[str, Any]]:

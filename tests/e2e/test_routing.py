@@ -202,13 +202,13 @@ def test_provider_preferences(http: httpx.Client, upstreams: dict[str, str], mar
     ({"quantizations": ["int4"]}, "provider.quantizations"),
     ({"order": ["nobody"], "allow_fallbacks": False}, "allow_fallbacks"),
 ])
-def test_no_provider_left_is_503(http: httpx.Client, upstreams: dict[str, str], marker: str,
-                                 provider: dict[str, Any], why: str) -> None:
+def test_no_endpoint_left_is_a_permanent_404(http: httpx.Client, upstreams: dict[str, str], marker: str,
+                                             provider: dict[str, Any], why: str) -> None:
     reply = http.post("/v1/responses", json={"model": "llama", "input": f"{marker} none", "provider": provider})
-    assert reply.status_code == 503, reply.text
+    assert reply.status_code == 404, reply.text
     error = reply.json()["error"]
-    assert error["code"] == "no_provider_available"
-    assert why in error["message"]
+    assert error["code"] == "no_endpoints_found" and error["type"] == "not_found_error"
+    assert why in error["message"] and error["param"].startswith("provider.")
     assert set(error) == {"message", "type", "param", "code"}
     assert hits(upstreams, marker) == {name: [] for name in UPSTREAMS}
 

@@ -101,7 +101,7 @@ def test_reasoning_items_and_encrypted_round_trip(http: httpx.Client, stack: Sta
         with http.stream("POST", "/v1/responses", json=request) as reply:
             events, _ = sse_events(reply)
         final = check_stream(events)
-        assert [e["delta"] for e in events if e["type"] == "response.reasoning.delta"] == ["thinking", " hard"]
+        assert [e["delta"] for e in events if e["type"] == "response.reasoning_text.delta"] == ["thinking", " hard"]
     else:
         final = http.post("/v1/responses", json=request).json()
     reasoning = final["output"][0]

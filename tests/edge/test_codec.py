@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from edge import codec
+from edge import codec, sse
 from service.engine import TurnEngine
 from service.errors import UpstreamError
 from service.providers.base import (
@@ -20,7 +20,7 @@ from service.providers.base import (
     UsageDelta,
 )
 from switchboard.responses.v1 import events_pb2, response_pb2, responses_service_pb2
-from tests import openapi
+from tests import openapi, wire
 from tests.streams import check_stream
 
 Request = responses_service_pb2.CreateResponseRequest
@@ -197,17 +197,17 @@ def test_engine_streams_are_valid_and_ordered(name: str) -> None:
         assert [(c["call_id"], c["name"], c["arguments"]) for c in calls] == [
             ("call_a", "get", '{"x": 1}'), ("call_b", "put", '{"y": 2}')]
     if name == "bad_tool_json":
-        assert final["status"] == "failed" and final["error"]["code"] == "upstream_invalid_tool_arguments"
-        assert encoded[-2]["type"] == "error"
+        assert final["status"] == "failed" and final["error"]["code"] == "server_error"
+        assert encoded[-2]["type"] == "error" and encoded[-2]["code"] == "upstream_invalid_tool_arguments"
     if name == "unknown_finish":
-        assert final["status"] == "incomplete"
-        assert final["incomplete_details"] == {"reason": "upstream_finish_reason"}
+        assert final["status"] == "failed" and encoded[-2]["code"] == "upstream_finish_reason"
     if name == "call_without_arguments":
         assert final["output"][0]["arguments"] == "{}"
     if name == "reasoning_then_text":
         assert final["output"][0]["type"] == "reasoning"
         assert final["output"][0]["summary"] == [{"type": "summary_text", "text": "sum"}]
         assert final["usage"]["output_tokens_details"] == {"reasoning_tokens": 4}
+        assert [e["type"] for e in encoded if "reasoning_text" in e["type"]][-1] == "response.reasoning_text.done"
         assert final["output_text"] == "answer"
 
 
@@ -220,14 +220,20 @@ def test_failure_events_are_valid() -> None:
     assert encoded[-2]["type"] == "error"
     assert encoded[-2]["error"] == {"type": "server_error", "code": "upstream_stream_interrupted",
                                     "message": "upstream broke", "param": None, "headers": {}}
-    assert final["status"] == "failed" and final["error"]["code"] == "upstream_stream_interrupted"
+    # OpenAI's flat fields next to the Open Responses payload; the response's code is OpenAI's class.
+    assert (encoded[-2]["code"], encoded[-2]["message"], encoded[-2]["param"]) == (
+        "upstream_stream_interrupted", "upstream broke", None)
+    assert final["status"] == "failed" and final["error"]["code"] == "server_error"
 
 
 def test_every_event_type_is_covered() -> None:
     """The proto's event oneof mirrors the spec's 24 event types, and each arm encodes to a valid event."""
     arms = events_pb2.StreamEvent.DESCRIPTOR.oneofs_by_name["event"].fields
     tags = {codec._opt(f, codec.json_pb2.type_tag) for f in arms}
-    assert tags == openapi.event_types()
+    renames = codec.open_responses_tags(events_pb2.StreamEvent.DESCRIPTOR)
+    assert renames == wire.OPEN_RESPONSES_NAMES
+    assert openapi.event_types() <= {renames.get(tag, tag) for tag in tags}
+    assert tags <= set(wire._event_models()), "every event name is one openai-python knows"
     seen: set[str] = set()
     for scenario in [*SCENARIOS.values(), [TextDelta("x")]]:
         engine = TurnEngine(_base_response())
@@ -237,7 +243,7 @@ def test_every_event_type_is_covered() -> None:
         events += engine.finish() if isinstance(scenario[-1], Finish) else engine.fail(UpstreamError("x"))
         seen |= {codec.encode(e)["type"] for e in events}
     # Emitted by the background worker and by annotations, not by this engine run.
-    assert openapi.event_types() - seen <= {"response.queued", "response.output_text.annotation.added"}
+    assert tags - seen <= {"response.queued", "response.output_text.annotation.added"}
     queued = events_pb2.StreamEvent(sequence_number=0, response_queued=events_pb2.ResponseEvent(
         response=_base_response()))
     openapi.validate_event(codec.encode(queued))
@@ -246,6 +252,17 @@ def test_every_event_type_is_covered() -> None:
                                "annotation": {"type": "url_citation", "url": "https://example.com", "start_index": 0,
                                               "end_index": 4, "title": "Example"}}, events_pb2.StreamEvent)
     openapi.validate_event(codec.encode(annotation))
+
+
+@pytest.mark.parametrize("tag", ["response.reasoning_text.delta", "response.reasoning.delta"])
+def test_both_spellings_of_a_renamed_event_decode(tag: str) -> None:
+    event = codec.decode({"type": tag, "sequence_number": 4, "item_id": "rs_1", "output_index": 0,
+                          "content_index": 0, "delta": "think"}, events_pb2.StreamEvent)
+    assert event.WhichOneof("event") == "reasoning_delta" and event.reasoning_delta.delta == "think"
+    assert codec.encode(event)["type"] == "response.reasoning_text.delta"  # OpenAI's spelling by default
+    renamed = sse.encode_event(event, sse.OPEN_RESPONSES_NAMES)
+    assert renamed["type"] == "response.reasoning.delta"
+    assert sse.frame(event, sse.OPEN_RESPONSES_NAMES).startswith(b"event: response.reasoning.delta\n")
 
 
 def test_int64_are_numbers_and_unset_nullables_are_null() -> None:

@@ -198,7 +198,7 @@ async def test_refusal(provider: AnthropicProvider, stream: bool) -> None:
 @pytest.mark.parametrize("stream", [True, False])
 async def test_cache_usage(provider: AnthropicProvider, stream: bool) -> None:
     deltas = await collect(provider, user_turn("cached", stream=stream))
-    assert deltas[-2] == UsageDelta(input_tokens=2 + 3 + 2, output_tokens=3, cached_tokens=3)
+    assert deltas[-2] == UsageDelta(input_tokens=2 + 3 + 2, output_tokens=3, cached_tokens=3, cache_write_tokens=2)
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -407,7 +407,7 @@ def _block(index: int, block: dict[str, Any], *deltas: dict[str, Any]) -> list[d
             {"type": "content_block_stop", "index": index}]
 
 
-USAGE = UsageDelta(input_tokens=15, output_tokens=7, cached_tokens=10)
+USAGE = UsageDelta(input_tokens=15, output_tokens=7, cached_tokens=10, cache_write_tokens=1)
 FOLD_CASES: list[tuple[str, list[dict[str, Any]], list[Delta]]] = [
     ("thinking, text, two calls", [
         START, *_block(0, {"type": "thinking", "thinking": ""}, {"type": "thinking_delta", "thinking": "t"},

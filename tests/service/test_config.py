@@ -45,6 +45,7 @@ def test_secrets_come_from_the_environment() -> None:
     ({"default_model": "nowhere/m"}, "default_model"),
     ({"server": {"grpc": "not-an-address"}}, "HOST:PORT"),
     ({"server": {"grpcc": "127.0.0.1:1"}}, "unknown keys"),
+    ({"server": {"event_names": "klingon"}}, "server.event_names: expected one of openai, open_responses"),
     ({"unsupported_tools": "ignore"}, "unsupported_tools"),
     ({"encryption_key": base64.b64encode(b"short").decode()}, "32 bytes"),
     ({"background": {"lease_seconds": 0}}, "positive"),

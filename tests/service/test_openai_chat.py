@@ -422,8 +422,10 @@ def test_parse_completion_maps_legacy_finish_and_details() -> None:
     data = {"choices": [{"message": {"content": None, "tool_calls": [
         {"id": "c1", "function": {"name": "f", "arguments": "{}"}},
         {"id": "c2", "function": {"name": "g", "arguments": "{}"}}]}, "finish_reason": "function_call"}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 2},
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4,
+                  "prompt_tokens_details": {"cached_tokens": 2, "cache_write_tokens": 1},
                   "completion_tokens_details": {"reasoning_tokens": 1}}}
     assert parse_completion(data) == [
         ToolCallDelta(0, "c1", "f", "{}"), ToolCallDelta(1, "c2", "g", "{}"),
-        UsageDelta(input_tokens=3, output_tokens=4, cached_tokens=2, reasoning_tokens=1), Finish("tool_calls")]
+        UsageDelta(input_tokens=3, output_tokens=4, cached_tokens=2, reasoning_tokens=1, cache_write_tokens=1),
+        Finish("tool_calls")]

@@ -358,9 +358,9 @@ def _fold(events: list[dict[str, Any]]) -> list[Delta]:
     return deltas
 
 
-USAGE = {"input_tokens": 9, "output_tokens": 4, "input_tokens_details": {"cached_tokens": 6},
+USAGE = {"input_tokens": 9, "output_tokens": 4, "input_tokens_details": {"cached_tokens": 6, "cache_write_tokens": 1},
          "output_tokens_details": {"reasoning_tokens": 2}}
-USAGE_DELTA = UsageDelta(input_tokens=9, output_tokens=4, cached_tokens=6, reasoning_tokens=2)
+USAGE_DELTA = UsageDelta(input_tokens=9, output_tokens=4, cached_tokens=6, reasoning_tokens=2, cache_write_tokens=1)
 FC = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": ""}
 
 

@@ -159,20 +159,25 @@ def test_filters(router: Router, p: pb.ProviderPreferences, needed: set[str] | N
     assert set(plan(router, p, needed=needed, tokens=tokens)) == expected
 
 
-@pytest.mark.parametrize(("p", "tokens", "reasons"), [
-    (prefs(max_price=pb.MaxPrice(prompt=0.01)), 0, ["provider.max_price.prompt 0.01 excluded a/meta-llama, b/llama"]),
-    (prefs(only=["a"], zdr=True), 0, ["provider.only ['a'] excluded b/llama, c/llama-q", "provider.zdr excluded a/"]),
-    (prefs(ignore=["a", "b", "c"]), 0, ["provider.ignore ['a', 'b', 'c'] excluded"]),
-    (prefs(), 100_000, ["context length below the ~100000 input tokens"]),
-    (prefs(order=["zz"], allow_fallbacks=False), 0, ["provider.order ['zz'] with allow_fallbacks false"]),
+@pytest.mark.parametrize(("p", "tokens", "reasons", "param"), [
+    (prefs(max_price=pb.MaxPrice(prompt=0.01)), 0, ["provider.max_price.prompt 0.01 excluded a/meta-llama, b/llama"],
+     "provider.max_price.prompt"),
+    (prefs(only=["a"], zdr=True), 0, ["provider.only ['a'] excluded b/llama, c/llama-q", "provider.zdr excluded a/"],
+     "provider.zdr"),
+    (prefs(ignore=["a", "b", "c"]), 0, ["provider.ignore ['a', 'b', 'c'] excluded"], "provider.ignore"),
+    (prefs(quantizations=["int3"]), 0, ["provider.quantizations ['int3'] excluded"], "provider.quantizations"),
+    (prefs(), 100_000, ["context length below the ~100000 input tokens"], "input"),
+    (prefs(order=["zz"], allow_fallbacks=False), 0, ["provider.order ['zz'] with allow_fallbacks false"],
+     "provider.order"),
 ])
-def test_nothing_left_is_503_with_reason(router: Router, p: pb.ProviderPreferences, tokens: int,
-                                         reasons: list[str]) -> None:
+def test_nothing_left_is_a_permanent_404_naming_the_filter(router: Router, p: pb.ProviderPreferences, tokens: int,
+                                                           reasons: list[str], param: str) -> None:
     with pytest.raises(ApiError) as info:
         plan(router, p, tokens=tokens)
     err = info.value
-    assert (err.status, err.code, err.http_status) == (grpc.StatusCode.UNAVAILABLE, "no_provider_available", 503)
-    assert err.message.startswith("No provider meets the routing requirements: model 'llama': ")
+    assert (err.status, err.code, err.http_status) == (grpc.StatusCode.NOT_FOUND, "no_endpoints_found", None)
+    assert err.param == param
+    assert err.message.startswith("No endpoints found that satisfy the routing requirements: model 'llama': ")
     for reason in reasons:
         assert reason in err.message
 

@@ -58,6 +58,12 @@ SCHEMA = {"type": "object", "properties": {"a": {"type": "string"}}}
 BIG = 10 * 1024 * 1024 + 1
 
 CASES = [
+    Case("prompt-variable-null", {"prompt": {"id": "p", "variables": {"x": None}}}, "prompt.variables.x",
+         "invalid_type", "a prompt variable is a string or an object"),
+    Case("prompt-variable-number", {"prompt": {"id": "p", "variables": {"x": 3}}}, "prompt.variables.x",
+         "invalid_type", "'input_text', 'input_image' or 'input_file'"),
+    Case("prompt-variable-text-without-text", {"prompt": {"id": "p", "variables": {"x": {"type": "input_text"}}}},
+         "prompt.variables.x.text", "missing_required_parameter", "Missing required parameter"),
     Case("metadata-pairs", {"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata",
          "object_above_max_properties", "at most 16 properties"),
     Case("metadata-key-length", {"metadata": {"k" * 65: "v"}}, "metadata", "string_above_max_length",

@@ -694,20 +694,39 @@ class ErrorEvent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ERROR_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    PARAM_FIELD_NUMBER: _builtins.int
+    message: _builtins.str
+    """Required. The error's message again, flat (the OpenAI shape, which typed OpenAI clients require)."""
+    code: _builtins.str
+    """Required. The error's code again, flat."""
+    param: _builtins.str
+    """Required. The error's parameter again, flat."""
     @_builtins.property
     def error(self) -> Global___ErrorPayload:
-        """Required. The error."""
+        """Required. The error (the Open Responses shape)."""
 
     def __init__(
         self,
         *,
         error: Global___ErrorPayload | None = ...,
+        message: _builtins.str = ...,
+        code: _builtins.str | None = ...,
+        param: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_code", b"_code", "_param", b"_param", "code", b"code", "error", b"error", "param", b"param"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_code", b"_code", "_param", b"_param", "code", b"code", "error", b"error", "message", b"message", "param", b"param"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__code: _TypeAlias = _typing.Literal["code"]  # noqa: Y015
+    _WhichOneofArgType__code: _TypeAlias = _typing.Literal["_code", b"_code"]  # noqa: Y015
+    _WhichOneofReturnType__param: _TypeAlias = _typing.Literal["param"]  # noqa: Y015
+    _WhichOneofArgType__param: _TypeAlias = _typing.Literal["_param", b"_param"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__code) -> _WhichOneofReturnType__code | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__param) -> _WhichOneofReturnType__param | None: ...
 
 Global___ErrorEvent: _TypeAlias = ErrorEvent  # noqa: Y015
 

@@ -15,6 +15,7 @@ NULLABLE_FIELD_NUMBER: _builtins.int
 CATCH_ALL_FIELD_NUMBER: _builtins.int
 INFER_KEY_FIELD_NUMBER: _builtins.int
 REST_FIELD_NUMBER: _builtins.int
+OPEN_RESPONSES_TAG_FIELD_NUMBER: _builtins.int
 JSON_LIST_FIELD_NUMBER: _builtins.int
 CLOSED_FIELD_NUMBER: _builtins.int
 JSON_VALUE_FIELD_NUMBER: _builtins.int
@@ -30,6 +31,10 @@ infer_key: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOption
 """Optional. On a oneof arm: when the JSON object has no `type`, pick this arm if the object has this key."""
 rest: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.bool]
 """Optional. On a google.protobuf.Struct field: collects the object's keys that no other field declares."""
+open_responses_tag: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.str]
+"""Optional. On a oneof arm with a `type_tag` (the OpenAI spelling): the Open Responses spelling of the tag
+where the two differ. Decoding accepts both; encoding emits it only when asked for Open Responses names.
+"""
 json_list: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, _builtins.bool]
 """Optional. The message is a JSON array: its single repeated field is encoded as the array itself."""
 closed: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, _builtins.bool]

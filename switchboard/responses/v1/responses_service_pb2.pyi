@@ -365,9 +365,9 @@ class InputItemList(_message.Message):
     object: _builtins.str
     """Output only. Always `list`."""
     first_id: _builtins.str
-    """Output only. The first item's id."""
+    """Output only. The first item's id (empty on an empty page)."""
     last_id: _builtins.str
-    """Output only. The last item's id."""
+    """Output only. The last item's id (empty on an empty page)."""
     has_more: _builtins.bool
     """Output only. Whether more items follow."""
     @_builtins.property

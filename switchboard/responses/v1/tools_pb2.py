@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from switchboard.responses.v1 import json_pb2 as switchboard_dot_responses_dot_v1_dot_json__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$switchboard/responses/v1/tools.proto\x12\x18switchboard.responses.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a#switchboard/responses/v1/json.proto\"\xd5\x01\n\x04Tool\x12H\n\x08\x66unction\x18\x01 \x01(\x0b\x32&.switchboard.responses.v1.FunctionToolB\x0c\xaa\xbb\x18\x08\x66unctionH\x00\x12K\n\tnamespace\x18\x02 \x01(\x0b\x32\'.switchboard.responses.v1.NamespaceToolB\r\xaa\xbb\x18\tnamespaceH\x00\x12.\n\x05other\x18\x0f \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xb8\xbb\x18\x01H\x00\x42\x06\n\x04tool\"\xa5\x01\n\x0c\x46unctionTool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x04\xb0\xbb\x18\x01H\x00\x88\x01\x01\x12\x31\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xb0\xbb\x18\x01\x12\x19\n\x06strict\x18\x04 \x01(\x08\x42\x04\xb0\xbb\x18\x01H\x01\x88\x01\x01\x42\x0e\n\x0c_descriptionB\t\n\x07_strict\"v\n\rNamespaceTool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x0b\x64\x65scription\x18\x02 \x01(\tH\x00\x88\x01\x01\x12-\n\x05tools\x18\x03 \x03(\x0b\x32\x1e.switchboard.responses.v1.ToolB\x0e\n\x0c_description\"\xfa\x01\n\nToolChoice\x12\x38\n\x04mode\x18\x01 \x01(\x0e\x32(.switchboard.responses.v1.ToolChoiceModeH\x00\x12N\n\x08\x66unction\x18\x02 \x01(\x0b\x32,.switchboard.responses.v1.FunctionToolChoiceB\x0c\xaa\xbb\x18\x08\x66unctionH\x00\x12X\n\rallowed_tools\x18\x03 \x01(\x0b\x32,.switchboard.responses.v1.AllowedToolsChoiceB\x11\xaa\xbb\x18\rallowed_toolsH\x00\x42\x08\n\x06\x63hoice\"\"\n\x12\x46unctionToolChoice\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x97\x01\n\rToolReference\x12N\n\x08\x66unction\x18\x01 \x01(\x0b\x32,.switchboard.responses.v1.FunctionToolChoiceB\x0c\xaa\xbb\x18\x08\x66unctionH\x00\x12.\n\x05other\x18\x0f \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xb8\xbb\x18\x01H\x00\x42\x06\n\x04tool\"\x84\x01\n\x12\x41llowedToolsChoice\x12\x36\n\x04mode\x18\x01 \x01(\x0e\x32(.switchboard.responses.v1.ToolChoiceMode\x12\x36\n\x05tools\x18\x02 \x03(\x0b\x32\'.switchboard.responses.v1.ToolReference*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$switchboard/responses/v1/tools.proto\x12\x18switchboard.responses.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a#switchboard/responses/v1/json.proto\"\xd5\x01\n\x04Tool\x12H\n\x08\x66unction\x18\x01 \x01(\x0b\x32&.switchboard.responses.v1.FunctionToolB\x0c\xaa\xbb\x18\x08\x66unctionH\x00\x12K\n\tnamespace\x18\x02 \x01(\x0b\x32\'.switchboard.responses.v1.NamespaceToolB\r\xaa\xbb\x18\tnamespaceH\x00\x12.\n\x05other\x18\x0f \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xb8\xbb\x18\x01H\x00\x42\x06\n\x04tool\"\xa5\x01\n\x0c\x46unctionTool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x04\xb0\xbb\x18\x01H\x00\x88\x01\x01\x12\x31\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xb0\xbb\x18\x01\x12\x19\n\x06strict\x18\x04 \x01(\x08\x42\x04\xb0\xbb\x18\x01H\x01\x88\x01\x01\x42\x0e\n\x0c_descriptionB\t\n\x07_strict\"a\n\rNamespaceTool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12-\n\x05tools\x18\x03 \x03(\x0b\x32\x1e.switchboard.responses.v1.Tool\"\xfa\x01\n\nToolChoice\x12\x38\n\x04mode\x18\x01 \x01(\x0e\x32(.switchboard.responses.v1.ToolChoiceModeH\x00\x12N\n\x08\x66unction\x18\x02 \x01(\x0b\x32,.switchboard.responses.v1.FunctionToolChoiceB\x0c\xaa\xbb\x18\x08\x66unctionH\x00\x12X\n\rallowed_tools\x18\x03 \x01(\x0b\x32,.switchboard.responses.v1.AllowedToolsChoiceB\x11\xaa\xbb\x18\rallowed_toolsH\x00\x42\x08\n\x06\x63hoice\"\"\n\x12\x46unctionToolChoice\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x97\x01\n\rToolReference\x12N\n\x08\x66unction\x18\x01 \x01(\x0b\x32,.switchboard.responses.v1.FunctionToolChoiceB\x0c\xaa\xbb\x18\x08\x66unctionH\x00\x12.\n\x05other\x18\x0f \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xb8\xbb\x18\x01H\x00\x42\x06\n\x04tool\"\x84\x01\n\x12\x41llowedToolsChoice\x12\x36\n\x04mode\x18\x01 \x01(\x0e\x32(.switchboard.responses.v1.ToolChoiceMode\x12\x36\n\x05tools\x18\x02 \x03(\x0b\x32\'.switchboard.responses.v1.ToolReference*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,20 +53,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOOLREFERENCE'].fields_by_name['function']._serialized_options = b'\252\273\030\010function'
   _globals['_TOOLREFERENCE'].fields_by_name['other']._loaded_options = None
   _globals['_TOOLREFERENCE'].fields_by_name['other']._serialized_options = b'\270\273\030\001'
-  _globals['_TOOLCHOICEMODE']._serialized_start=1216
-  _globals['_TOOLCHOICEMODE']._serialized_end=1351
+  _globals['_TOOLCHOICEMODE']._serialized_start=1195
+  _globals['_TOOLCHOICEMODE']._serialized_end=1330
   _globals['_TOOL']._serialized_start=134
   _globals['_TOOL']._serialized_end=347
   _globals['_FUNCTIONTOOL']._serialized_start=350
   _globals['_FUNCTIONTOOL']._serialized_end=515
   _globals['_NAMESPACETOOL']._serialized_start=517
-  _globals['_NAMESPACETOOL']._serialized_end=635
-  _globals['_TOOLCHOICE']._serialized_start=638
-  _globals['_TOOLCHOICE']._serialized_end=888
-  _globals['_FUNCTIONTOOLCHOICE']._serialized_start=890
-  _globals['_FUNCTIONTOOLCHOICE']._serialized_end=924
-  _globals['_TOOLREFERENCE']._serialized_start=927
-  _globals['_TOOLREFERENCE']._serialized_end=1078
-  _globals['_ALLOWEDTOOLSCHOICE']._serialized_start=1081
-  _globals['_ALLOWEDTOOLSCHOICE']._serialized_end=1213
+  _globals['_NAMESPACETOOL']._serialized_end=614
+  _globals['_TOOLCHOICE']._serialized_start=617
+  _globals['_TOOLCHOICE']._serialized_end=867
+  _globals['_FUNCTIONTOOLCHOICE']._serialized_start=869
+  _globals['_FUNCTIONTOOLCHOICE']._serialized_end=903
+  _globals['_TOOLREFERENCE']._serialized_start=906
+  _globals['_TOOLREFERENCE']._serialized_end=1057
+  _globals['_ALLOWEDTOOLSCHOICE']._serialized_start=1060
+  _globals['_ALLOWEDTOOLSCHOICE']._serialized_end=1192
 # @@protoc_insertion_point(module_scope)

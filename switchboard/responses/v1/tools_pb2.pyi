@@ -141,7 +141,7 @@ class NamespaceTool(_message.Message):
     name: _builtins.str
     """Required. The namespace name."""
     description: _builtins.str
-    """Optional. What the group is for."""
+    """Optional on input (OpenAI requires it); echoed as "" when absent, as typed OpenAI clients require a string."""
     @_builtins.property
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
         """Required. The functions of the group."""
@@ -150,16 +150,14 @@ class NamespaceTool(_message.Message):
         self,
         *,
         name: _builtins.str = ...,
-        description: _builtins.str | None = ...,
+        description: _builtins.str = ...,
         tools: _abc.Iterable[Global___Tool] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "description", b"description"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "description", b"description", "name", b"name", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
-    _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__description) -> _WhichOneofReturnType__description | None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NamespaceTool: _TypeAlias = NamespaceTool  # noqa: Y015
 
