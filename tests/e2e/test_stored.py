@@ -113,7 +113,9 @@ def test_a_reply_is_readable_at_once(tmp_path: Path, database: str, upstream: st
         first = service.create("first")
         assert service.get(first.id).id == first.id
         items = service.stub.ListInputItems(pb.ListInputItemsRequest(response_id=first.id), metadata=AUTH, timeout=20)
-        assert [item.message.content.text for item in items.data] == ["first"]
+        # Stored input is normalised as OpenAI lists it: content as typed parts.
+        assert [[part.input_text.text for part in item.message.content.parts.parts] for item in items.data] \
+            == [["first"]]
         second = service.create("second", previous=first.id)
         assert second.previous_response_id == first.id
         assert service.get(second.id).status == response_pb2.RESPONSE_STATUS_COMPLETED
