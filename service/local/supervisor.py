@@ -69,12 +69,14 @@ class Supervisor:
         self.state = State.STARTING
         self.restarts = 0
         self.pid: int | None = None
+        self.last_exit = "its worker has not exited"
         self._backoff = restart_backoff
         self._backoff_max = restart_backoff_max
         self._start_timeout = start_timeout
         self._max_start_failures = max_start_failures
         self._cause = ""  # why the model is failed or restarting
         self._retry_at = 0.0
+        self._load_seconds = 1.0  # how long the last start took to become ready
         self._fatal = ""
         self._settled = asyncio.Event()  # set once the first start is decided (ready or failed)
         self._exited = asyncio.Event()  # set when the current worker's exit has been seen
@@ -84,6 +86,10 @@ class Supervisor:
     @property
     def model_id(self) -> str:
         return self.spec.model_id
+
+    @property
+    def stopping(self) -> bool:
+        return self.state is State.STOPPED
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"local model {self.model_id}")
@@ -107,7 +113,8 @@ class Supervisor:
         if self.state is State.STOPPED:
             raise UpstreamError(f"The local model '{self.model_id}' is shutting down.", code="local_model_unavailable",
                                 http_status=503)
-        wait = max(1, math.ceil(self._retry_at - time.monotonic() + 1.0))
+        # A restart is the rest of the backoff plus a model load; below 3 s a caller would retry into it.
+        wait = max(3, math.ceil(self._retry_at - time.monotonic() + self._load_seconds))
         what = "is starting" if self.state is State.STARTING and not self.restarts else \
             f"is restarting ({self._cause})"
         raise UpstreamError(f"The local model '{self.model_id}' {what}; retry in {wait}s.",
@@ -153,10 +160,10 @@ class Supervisor:
             return
         failures = 0  # consecutive starts that never became ready
         attempt = 0  # consecutive crashes, for the backoff
-        while self.state is not State.STOPPED:
+        while not self.stopping:
             started = time.monotonic()
             ready, code = await self._spawn_once(path)
-            if self.state is State.STOPPED:
+            if self.stopping:
                 return
             how = describe_exit(code)
             if code == LOAD_FAILED:
@@ -185,6 +192,7 @@ class Supervisor:
         with suppress(FileNotFoundError):
             spec.socket.unlink()
         self._fatal = ""
+        spawned = time.monotonic()
         # The worker's parent is this process: it dies with us (PR_SET_PDEATHSIG) and checks our pid.
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "service.local.worker", "--model", str(path), "--model-id", spec.model_id,
@@ -196,10 +204,12 @@ class Supervisor:
         pump = asyncio.create_task(self._pump(proc))
         ready = await self._await_ready(proc)
         if ready and self.state is not State.STOPPED:
+            self._load_seconds = time.monotonic() - spawned
             self.state = State.READY
             self._settled.set()
             log.info("local model %s ready (worker pid %d)", self.model_id, proc.pid)
         code = await proc.wait()
+        self.last_exit = f"its worker (pid {proc.pid}) exited with {describe_exit(code)}"
         if self.state is State.READY:
             self.state = State.RESTARTING
             self._cause = f"its worker exited with {describe_exit(code)}"

@@ -191,11 +191,19 @@ class LlamaCppProvider:
                 async for delta in model.client.stream(turn):
                     yield delta
             except UpstreamError as err:
-                if err.code == "upstream_unavailable":
-                    # The worker went away before answering: say so in the model's own words.
-                    await model.supervisor.wait_exit(1.0)
-                    model.supervisor.check()
-                raise
+                if err.code not in ("upstream_unavailable", "upstream_stream_interrupted"):
+                    raise
+                # The worker went away: say so in the model's own words once its exit is seen.
+                supervisor = model.supervisor
+                await supervisor.wait_exit(1.0)
+                if supervisor.state is State.READY:
+                    raise
+                if err.code == "upstream_unavailable" and isinstance(err.__cause__, aiohttp.ClientConnectorError):
+                    supervisor.check()  # it was gone before the request: restarting, or failed
+                # It died with this request in it. Not retried: the request may be what crashed it.
+                raise UpstreamError(f"The local model '{turn.model}' stopped during this request: "
+                                    f"{supervisor.last_exit}.", code="local_model_crashed",
+                                    retryable=False) from err
 
 
 _MEDIA = {"input_image": "image", "input_file": "file", "input_audio": "audio", "input_video": "video"}
