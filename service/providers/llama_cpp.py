@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -114,14 +114,16 @@ class LlamaCppProvider:
         if queue_size < 0 or restart_backoff <= 0 or restart_backoff_max < restart_backoff:
             raise TypeError("llama-cpp: queue_size must be >= 0 and 0 < restart_backoff <= restart_backoff_max")
         self.name = name
+        self._queue = (queue_size, busy_retry_after)
+        self._restart = (restart_backoff, restart_backoff_max, start_timeout)
+        self._socket_dir = Path(socket_dir) if socket_dir else None
+        self._own_dir = False
         cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
-        self._own_dir = socket_dir is None
-        self._socket_dir = Path(socket_dir or tempfile.mkdtemp(prefix="switchboard-models-"))
-        self._socket_dir.mkdir(parents=True, exist_ok=True)
         wanted: dict[str, Any] = dict(models) if models is not None else dict.fromkeys(BUILTIN)
         if model_path:
             wanted[GEMMA] = model_path
-        self._models: dict[str, _Model] = {}
+        # model id -> (how to find its file, threads, context): workers start on warm-up or first use.
+        self._specs: dict[str, tuple[Callable[[], Path], int, int]] = {}
         for model_id, raw in wanted.items():
             entry = raw if isinstance(raw, dict) else {"path": raw}
             unknown = set(entry) - {"path", "n_threads", "n_ctx"}
@@ -132,25 +134,25 @@ class LlamaCppProvider:
             if path is None and model_id not in BUILTIN:
                 raise TypeError(f"llama-cpp models.{model_id}: a path is required (packaged: {', '.join(BUILTIN)})")
             resolve = partial(builtin_path, model_id, cache) if path is None else partial(Path, str(path))
-            socket = self._socket_dir / f"{model_id}.sock"
-            spec = WorkerSpec(model_id=model_id, resolve=resolve, socket=socket,
-                              n_threads=int(entry.get("n_threads") or n_threads or os.cpu_count() or 1),
-                              n_ctx=int(entry.get("n_ctx") or n_ctx))
-            supervisor = Supervisor(spec, restart_backoff=restart_backoff, restart_backoff_max=restart_backoff_max,
-                                    start_timeout=start_timeout)
-            self._models[model_id] = _Model(supervisor, _WorkerClient(name, socket),
-                                            FairQueue(model_id, queue_size, busy_retry_after))
-        self._started = False
-
-    @property
-    def models(self) -> dict[str, Supervisor]:
-        return {model_id: model.supervisor for model_id, model in self._models.items()}
+            self._specs[model_id] = (resolve, int(entry.get("n_threads") or n_threads or os.cpu_count() or 1),
+                                     int(entry.get("n_ctx") or n_ctx))
+        self._models: dict[str, _Model] = {}
 
     def _start(self) -> None:
-        if not self._started:
-            self._started = True
-            for model in self._models.values():
-                model.supervisor.start()
+        if self._models or not self._specs:
+            return
+        if self._socket_dir is None:
+            self._socket_dir, self._own_dir = Path(tempfile.mkdtemp(prefix="switchboard-models-")), True
+        self._socket_dir.mkdir(parents=True, exist_ok=True)
+        backoff, backoff_max, start_timeout = self._restart
+        for model_id, (resolve, n_threads, n_ctx) in self._specs.items():
+            socket = self._socket_dir / f"{model_id}.sock"
+            spec = WorkerSpec(model_id=model_id, resolve=resolve, socket=socket, n_threads=n_threads, n_ctx=n_ctx)
+            supervisor = Supervisor(spec, restart_backoff=backoff, restart_backoff_max=backoff_max,
+                                    start_timeout=start_timeout)
+            supervisor.start()
+            self._models[model_id] = _Model(supervisor, _WorkerClient(self.name, socket),
+                                            FairQueue(model_id, *self._queue))
 
     async def warm_up(self) -> None:
         """Starts every worker and waits until each serves or has failed (a failed one does not stop the others)."""
@@ -166,17 +168,17 @@ class LlamaCppProvider:
         for model in self._models.values():
             await model.client.aclose()
         await asyncio.gather(*(m.supervisor.stop() for m in self._models.values()))
-        if self._own_dir:
+        if self._own_dir and self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     async def stream(self, turn: Turn) -> AsyncGenerator[Delta, None]:
         _require_text_only(turn.items)
-        model = self._models.get(turn.model)
-        if model is None:
+        if turn.model not in self._specs:
             raise ApiError(grpc.StatusCode.NOT_FOUND, "model_not_found",
                            f"The provider '{self.name}' has no model '{turn.model}'; it serves "
-                           + ", ".join(f"{self.name}/{m}" for m in self._models) + ".", param="model")
+                           + ", ".join(f"{self.name}/{m}" for m in self._specs) + ".", param="model")
         self._start()
+        model = self._models[turn.model]
         deadline = None if turn.timeout is None else time.monotonic() + turn.timeout
         async with model.queue.slot():
             model.supervisor.check()
