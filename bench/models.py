@@ -98,7 +98,7 @@ async def run(models: list[str], threads: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", default="smollm2-135m-instruct,gemma-3-270m")
     args = parser.parse_args()
     asyncio.run(run(args.models.split(","), args.threads))

@@ -36,6 +36,12 @@ from switchboard.responses.v1 import items_pb2
 DEFAULT_QUEUE_SIZE = 16
 
 
+def default_threads() -> int:
+    """Half the CPUs: the gateway's own processes need the rest, and llama.cpp's threads wait for each other at
+    every step, so one that loses its core stalls them all (on 2 busy cores, 2 threads ran 17x slower than 1)."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 class _WorkerClient(OpenAIChatProvider):
     """Chat Completions over the worker's Unix socket; the caller's deadline travels as ``timeout`` so the worker
     ends the answer as incomplete instead of being cut off."""
@@ -134,7 +140,7 @@ class LlamaCppProvider:
             if path is None and model_id not in BUILTIN:
                 raise TypeError(f"llama-cpp models.{model_id}: a path is required (packaged: {', '.join(BUILTIN)})")
             resolve = partial(builtin_path, model_id, cache) if path is None else partial(Path, str(path))
-            self._specs[model_id] = (resolve, int(entry.get("n_threads") or n_threads or os.cpu_count() or 1),
+            self._specs[model_id] = (resolve, int(entry.get("n_threads") or n_threads or default_threads()),
                                      int(entry.get("n_ctx") or n_ctx))
         self._models: dict[str, _Model] = {}
 

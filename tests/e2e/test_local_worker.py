@@ -36,7 +36,7 @@ def local(tmp_path_factory: pytest.TempPathFactory, upstream: str) -> Iterator[S
     corrupt.write_bytes(b"GGUF" + os.urandom(4096))
     providers = [
         {"name": "fake", "kind": "openai-chat", "base_url": f"{upstream}/v1"},
-        {"name": "local", "kind": "llama-cpp", "n_threads": 2, "socket_dir": str(tmp / "sockets"), "queue_size": 1,
+        {"name": "local", "kind": "llama-cpp", "n_threads": 1, "socket_dir": str(tmp / "sockets"), "queue_size": 1,
          "restart_backoff": 0.2,
          "models": {"smollm2-135m-instruct": None, "corrupt": str(corrupt), "missing": str(tmp / "missing.gguf")}},
     ]
