@@ -3,6 +3,7 @@ the per-model queue and cancellation, through a real `switchboard serve` and rea
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -209,3 +210,34 @@ def test_the_queue_is_bounded_and_a_cancelled_stream_stops_its_generation(local:
     assert stats["started"] == before["started"] + 2
     # The cancelled generation stopped early: far below its 400 tokens (the waiting call made at most 16).
     assert stats["output_tokens"] - before["output_tokens"] < 200
+
+
+def _alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for its parent to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_the_workers_never_outlive_the_service(tmp_path: Path, upstream: str, sig: signal.Signals) -> None:
+    pytest.importorskip("llama_cpp")
+    providers = [{"name": "fake", "kind": "openai-chat", "base_url": f"{upstream}/v1"},
+                 {"name": "local", "kind": "llama-cpp", "n_threads": 1, "socket_dir": str(tmp_path / "sockets"),
+                  "models": {"smollm2-135m-instruct": None}}]
+    stack = start_stack(tmp_path, upstream, envoy=False, local_model=False, extra={"providers": providers})
+    try:
+        pid = int(worker(stack, "/health")["pid"])
+        assert _alive(pid)
+        stack.process.proc.send_signal(sig)  # serve only, not its process group
+        stack.process.proc.wait(30)
+        wait_until(lambda: not _alive(pid), timeout=2.0)
+    finally:
+        if stack.process.proc.poll() is not None:
+            # What serve itself may have left (its edge, after a SIGKILL) goes with the process group, before
+            # the output pipe it may still hold is closed.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(stack.process.proc.pid, signal.SIGKILL)
+        stack.stop()
