@@ -163,7 +163,12 @@ class LlamaCppProvider:
     async def warm_up(self) -> None:
         """Starts every worker and waits until each serves or has failed (a failed one does not stop the others)."""
         self._start()
-        await asyncio.gather(*(m.supervisor.wait_settled() for m in self._models.values()))
+        # Bounded: a worker that keeps failing to load goes on trying in the background, serving 503s meanwhile.
+        settled = [asyncio.ensure_future(m.supervisor.wait_settled()) for m in self._models.values()]
+        if settled:
+            _, pending = await asyncio.wait(settled, timeout=self._restart[2])
+            for task in pending:
+                task.cancel()
         for model_id, model in self._models.items():
             state = model.supervisor.state
             print(f"switchboard: local model {self.name}/{model_id}: {state.value}"
