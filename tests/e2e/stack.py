@@ -122,7 +122,7 @@ def write_config(path: Path, upstream: str, *, envoy: bool = True, extra: dict[s
             providers.append({"name": "responses", "kind": "openai-responses", "base_url": f"{url}/v1",
                               "api_key": "sk-responses-test"})
     if local_model:
-        providers.append({"name": "local", "kind": "llama-cpp", "n_threads": 2})
+        providers.append({"name": "local", "kind": "llama-cpp", "n_threads": 1})
     config: dict[str, Any] = {
         "server": {**ports, "grace": 5, **(server or {})},
         "auth": {"api_keys": [API_KEY]},

@@ -21,7 +21,7 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     path = tmp_path / "switchboard.yaml"
     path.write_text((Path(__file__).resolve().parents[2] / "config" / "switchboard.yaml").read_text())
     config = load(path, env={})
-    assert config.server.envoy == "127.0.0.1:10000" and config.default_model == "local/gemma-3-270m"
+    assert config.server.envoy == "127.0.0.1:10000" and config.default_model == "local/smollm2-135m-instruct"
     assert config.store.startswith("sqlite:///") and [p.kind for p in config.providers] == ["llama-cpp"]
 
 

