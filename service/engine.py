@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from service.errors import ApiError, UpstreamError
+from service.mcp.tools import McpRoute
 from service.providers.base import (
     Delta,
     Finish,
@@ -57,6 +58,8 @@ class EngineOptions:
     include_encrypted: bool = False
     # USD per million input and output tokens.
     prices: tuple[float, float] | None = None
+    # Upstream function name -> the MCP tool it stands for (calls become `mcp_call` or `mcp_approval_request`).
+    mcp: Mapping[str, McpRoute] = field(default_factory=dict)
 
 
 def logprob_pb(entry: TokenLogprob) -> content_pb2.LogProb:
@@ -71,7 +74,7 @@ class _Open:
     """An output item being streamed, and its open content part (if any)."""
 
     index: int
-    kind: str  # "message" | "reasoning" | "function_call"
+    kind: str  # "message" | "reasoning" | "function_call" | "mcp_call" | "mcp_approval_request"
     part_kind: str | None = None  # "output_text" | "refusal" | "reasoning_text" | "summary_text"
     part_index: int = -1
     text: list[str] = field(default_factory=list)
@@ -89,8 +92,15 @@ class TurnEngine:
         self._calls: dict[int, _Open] = {}
         self._dropped_calls: set[int] = set()
         self._call_count = 0
+        self._round_calls = 0
         self._usage = UsageDelta()
+        # Usage of the earlier upstream calls of this response (MCP tool rounds).
+        self._banked = UsageDelta()
         self._finish: str | None = None
+        # Why the response must end incomplete although the upstream finished (a tool limit was hit).
+        self._limit: str | None = None
+        # `mcp_call` items whose arguments are complete and that wait for their result, by output index.
+        self.pending_mcp: list[int] = []
         self.terminal = False
 
     # ------------------------------------------------------------ events
@@ -293,6 +303,8 @@ class TurnEngine:
         item = self._item(opened.index)
         kind = item.WhichOneof("item")
         sub = getattr(item, str(kind))
+        if kind in ("mcp_call", "mcp_approval_request"):
+            return events + self._close_mcp(opened, status)
         sub.status = status
         # Sealed when the client asked for it, and always when the upstream's proof must survive the next turn.
         if kind == "reasoning" and self.options.seal_reasoning is not None and (
@@ -317,6 +329,131 @@ class TurnEngine:
         events.append(self._event(output_item_done=events_pb2.OutputItemEvent(output_index=opened.index, item=copy)))
         return events
 
+    def _close_mcp(self, opened: _Open, status: int) -> list[Event]:
+        """An MCP call's arguments are complete: it waits for its result (``mcp_call_result``) unless the turn
+        ends here. An approval request is done."""
+        item = self._item(opened.index)
+        arguments = "".join(opened.text) or "{}"
+        if item.WhichOneof("item") == "mcp_approval_request":
+            item.mcp_approval_request.arguments = arguments
+            return [self._done(opened.index)]
+        call = item.mcp_call
+        events: list[Event] = []
+        if not opened.text:
+            events.append(self._event(mcp_call_arguments_delta=events_pb2.McpCallArgumentsDeltaEvent(
+                item_id=call.id, output_index=opened.index, delta=arguments)))
+        call.arguments = arguments
+        events.append(self._event(mcp_call_arguments_done=events_pb2.McpCallArgumentsDoneEvent(
+            item_id=call.id, output_index=opened.index, arguments=arguments)))
+        if status == COMPLETED:
+            self.pending_mcp.append(opened.index)
+            return events
+        call.status = items_pb2.MCP_CALL_STATUS_INCOMPLETE
+        return events + [self._done(opened.index)]
+
+    def _done(self, index: int) -> Event:
+        copy = items_pb2.Item()
+        copy.CopyFrom(self._item(index))
+        return self._event(output_item_done=events_pb2.OutputItemEvent(output_index=index, item=copy))
+
+    # ------------------------------------------------------------ MCP tools
+
+    def mcp_listing(self, server_label: str, tools: list[items_pb2.McpToolInfo], error: str | None) -> list[Event]:
+        """An `mcp_list_tools` item: added, in progress, then completed with the tools or failed."""
+        events = self._close_current(COMPLETED)
+        index = len(self.response.output)
+        listing = self.response.output.add().mcp_list_tools
+        listing.id, listing.server_label = new_id("mcpl"), server_label
+        events.append(self._added(index))
+        ref = events_pb2.McpItemEvent(item_id=listing.id, output_index=index)
+        events.append(self._event(mcp_list_tools_in_progress=ref))
+        if error is not None:
+            listing.error = error
+            events.append(self._event(mcp_list_tools_failed=ref))
+        else:
+            listing.tools.extend(tools)
+            events.append(self._event(mcp_list_tools_completed=ref))
+        return events + [self._done(index)]
+
+    def _open_mcp(self, route: McpRoute, approval_request_id: str | None = None) -> tuple[int, list[Event]]:
+        index = len(self.response.output)
+        item = self.response.output.add()
+        if route.approval:
+            request = item.mcp_approval_request
+            request.id, request.server_label, request.name = new_id("mcpr"), route.server_label, route.name
+            return index, [self._added(index)]
+        call = item.mcp_call
+        call.id, call.server_label, call.name = new_id("mcp"), route.server_label, route.name
+        call.status = items_pb2.MCP_CALL_STATUS_IN_PROGRESS
+        if approval_request_id is not None:
+            call.approval_request_id = approval_request_id
+        return index, [self._added(index), self._event(mcp_call_in_progress=events_pb2.McpItemEvent(
+            item_id=call.id, output_index=index))]
+
+    def mcp_approved_call(self, request: items_pb2.McpApprovalRequest) -> list[Event]:
+        """An approved call: an `mcp_call` with its arguments, waiting for its result like the model's calls."""
+        self._call_count += 1
+        events = self._close_current(COMPLETED)
+        index, opened = self._open_mcp(McpRoute(request.server_label, request.name, approval=False), request.id)
+        events += opened
+        arguments = request.arguments or "{}"
+        events.append(self._event(mcp_call_arguments_delta=events_pb2.McpCallArgumentsDeltaEvent(
+            item_id=self._item_id(index), output_index=index, delta=arguments)))
+        return events + self._close_mcp(_Open(index=index, kind="mcp_call", text=[arguments]), COMPLETED)
+
+    def mcp_call_result(self, index: int, output: str | None = None,
+                        error: items_pb2.McpCallError | None = None) -> list[Event]:
+        """The result of a waiting call: completed with its output, or failed with its error."""
+        self.pending_mcp.remove(index)
+        call = self._item(index).mcp_call
+        ref = events_pb2.McpItemEvent(item_id=call.id, output_index=index)
+        if error is not None:
+            call.error.CopyFrom(error)
+            call.status = items_pb2.MCP_CALL_STATUS_FAILED
+            event = self._event(mcp_call_failed=ref)
+        else:
+            call.output = output or ""
+            call.status = items_pb2.MCP_CALL_STATUS_COMPLETED
+            event = self._event(mcp_call_completed=ref)
+        return [event, self._done(index)]
+
+    def end_round(self) -> list[Event]:
+        """The upstream call ended with MCP calls to run: closes its items; the next call starts a new round."""
+        events = self._close_all(COMPLETED)
+        u, b = self._usage, self._banked
+        self._banked = UsageDelta(
+            input_tokens=u.input_tokens + b.input_tokens, output_tokens=u.output_tokens + b.output_tokens,
+            cached_tokens=u.cached_tokens + b.cached_tokens, reasoning_tokens=u.reasoning_tokens + b.reasoning_tokens)
+        self._usage = UsageDelta()
+        self._round_calls = 0
+        self._dropped_calls = set()
+        return events
+
+    def has_open_mcp_calls(self) -> bool:
+        return any(o.kind == "mcp_call" for o in self._calls.values()) or bool(self.pending_mcp)
+
+    def client_action_due(self, since: int) -> bool:
+        """Whether the output from ``since`` holds something only the client can answer: a call of one of its
+        functions or an approval request."""
+        return any(item.WhichOneof("item") in ("function_call", "mcp_approval_request")
+                   for item in list(self.response.output)[since:])
+
+    @property
+    def stopped(self) -> bool:
+        return self._limit is not None
+
+    def stop(self, reason: str) -> None:
+        """The response ends incomplete with this reason (a tool limit), whatever the upstream says."""
+        self._limit = self._limit or reason
+
+    def _abandon_pending(self) -> list[Event]:
+        events: list[Event] = []
+        for index in list(self.pending_mcp):
+            self._item(index).mcp_call.status = items_pb2.MCP_CALL_STATUS_INCOMPLETE
+            events.append(self._done(index))
+        self.pending_mcp.clear()
+        return events
+
     def _close_current(self, status: int) -> list[Event]:
         current, self._current = self._current, None
         return self._close_item(current, status) if current is not None else []
@@ -328,19 +465,31 @@ class TurnEngine:
             return False
         if options.max_tool_calls is not None and self._call_count >= options.max_tool_calls:
             return False
-        return options.parallel_tool_calls or self._call_count == 0
+        return options.parallel_tool_calls or self._round_calls == 0
 
     def _tool_call(self, delta: ToolCallDelta) -> list[Event]:
         if delta.index in self._dropped_calls:
             return []
         events: list[Event] = []
         opened = self._calls.get(delta.index)
+        route = self.options.mcp.get(delta.name or "") if opened is None else None
         if opened is None:
             if not self._accepts_call(delta.name or ""):
+                if route is not None and self.options.max_tool_calls is not None \
+                        and self._call_count >= self.options.max_tool_calls:
+                    self.stop("max_tool_calls")
                 self._dropped_calls.add(delta.index)
                 return []
             self._call_count += 1
+            self._round_calls += 1
             events += self._close_current(COMPLETED)
+        if route is not None:
+            index, opened_events = self._open_mcp(route)
+            opened = self._calls[delta.index] = _Open(index=index, kind=str(self._item(index).WhichOneof("item")))
+            events += opened_events
+        elif opened is not None and opened.kind != "function_call":
+            pass
+        elif opened is None:
             index = len(self.response.output)
             item = self.response.output.add()
             call = item.function_call
@@ -354,7 +503,13 @@ class TurnEngine:
             events.append(self._added(index))
         elif delta.name and not self._item(opened.index).function_call.name:
             self._item(opened.index).function_call.name = delta.name
-        if delta.arguments:
+        if delta.arguments and opened.kind == "mcp_call":
+            opened.text.append(delta.arguments)
+            events.append(self._event(mcp_call_arguments_delta=events_pb2.McpCallArgumentsDeltaEvent(
+                item_id=self._item_id(opened.index), output_index=opened.index, delta=delta.arguments)))
+        elif delta.arguments and opened.kind == "mcp_approval_request":
+            opened.text.append(delta.arguments)
+        elif delta.arguments:
             opened.text.append(delta.arguments)
             call = self._item(opened.index).function_call
             events.append(self._event(function_call_arguments_delta=events_pb2.FunctionCallArgumentsDeltaEvent(
@@ -373,7 +528,10 @@ class TurnEngine:
         return events
 
     def _set_usage(self) -> None:
-        u = self._usage
+        u, b = self._usage, self._banked
+        u = UsageDelta(input_tokens=u.input_tokens + b.input_tokens, output_tokens=u.output_tokens + b.output_tokens,
+                       cached_tokens=u.cached_tokens + b.cached_tokens,
+                       reasoning_tokens=u.reasoning_tokens + b.reasoning_tokens)
         self.response.usage.CopyFrom(response_pb2.Usage(
             input_tokens=u.input_tokens,
             output_tokens=u.output_tokens,
@@ -399,7 +557,8 @@ class TurnEngine:
             try:
                 orjson.loads(arguments or "{}")
             except orjson.JSONDecodeError:
-                return self._item(opened.index).function_call.name or "?"
+                item = self._item(opened.index)
+                return str(getattr(item, str(item.WhichOneof("item"))).name) or "?"
         return None
 
     def finish(self) -> list[Event]:
@@ -410,9 +569,10 @@ class TurnEngine:
             if broken is not None:
                 return self.fail(UpstreamError(f"The upstream returned arguments for {broken!r} that are not JSON.",
                                                code="upstream_invalid_tool_arguments", retryable=False))
-        incomplete = {"length": "max_output_tokens", "content_filter": "content_filter",
-                      "unknown": "upstream_finish_reason"}.get(reason or "")
+        incomplete = self._limit or {"length": "max_output_tokens", "content_filter": "content_filter",
+                                     "unknown": "upstream_finish_reason"}.get(reason or "")
         events = self._close_all(INCOMPLETE if incomplete else COMPLETED)
+        events += self._abandon_pending()
         self._set_usage()
         self.response.output_text = self._output_text()
         self.response.completed_at = int(time.time())
@@ -427,7 +587,7 @@ class TurnEngine:
     def cancel(self) -> list[Event]:
         """The client cancelled: open items end as incomplete and the stream ends with ``response.failed``
         carrying status ``cancelled`` (the spec has no dedicated terminal event for it)."""
-        events = self._close_all(INCOMPLETE)
+        events = self._close_all(INCOMPLETE) + self._abandon_pending()
         self._set_usage()
         self.response.output_text = self._output_text()
         self.response.status = response_pb2.RESPONSE_STATUS_CANCELLED
@@ -438,7 +598,7 @@ class TurnEngine:
 
     def fail(self, error: ApiError) -> list[Event]:
         """An ``error`` event, then ``response.failed``. Open items end as incomplete."""
-        events = self._close_all(INCOMPLETE)
+        events = self._close_all(INCOMPLETE) + self._abandon_pending()
         payload = events_pb2.ErrorPayload(type=error.error_type, code=error.code, message=error.message)
         if error.param is not None:
             payload.param = error.param
