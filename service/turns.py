@@ -202,6 +202,8 @@ class TurnRunner:
         """Resolves the request and starts the first upstream attempt that works. ``history`` overrides the
         stored chain (WebSocket sessions); ``resumed`` is a queued background response a worker now runs."""
         started_at = time.monotonic()
+        if resumed is not None:
+            request = mcp_tools.open_secrets(request, self._sealer)
         telemetry.annotate(request, metadata)
         if history is None and request.HasField("previous_response_id") and request.previous_response_id:
             history = await self.history(owner, request.previous_response_id)

@@ -13,6 +13,7 @@ import orjson
 from google.protobuf import json_format
 
 from service.config import McpConfig
+from service.crypto import Sealer
 from service.errors import ApiError, invalid
 from service.mcp.client import McpFailure, McpServer, McpToolSpec, Timeouts, list_tools
 from switchboard.responses.v1 import content_pb2, items_pb2, responses_service_pb2, tools_pb2
@@ -281,4 +282,43 @@ def without_request_secrets(request: Request) -> Request:
         if tool.WhichOneof("tool") == "mcp":
             tool.mcp.headers.clear()
             tool.mcp.ClearField("authorization")
+    return copy
+
+
+# A queued background request keeps its MCP headers sealed under this header name, for the worker that runs it.
+SEALED_HEADER = "x-switchboard-sealed"
+_SECRETS_PURPOSE = "mcp-secrets.v1"
+
+
+def seal_secrets(request: Request, sealer: Sealer) -> Request:
+    """The request as a background job stores it: each `mcp` tool's headers and authorization sealed."""
+    if not mcp_tools(request):
+        return request
+    copy = Request()
+    copy.CopyFrom(request)
+    for tool in copy.tools:
+        mcp = tool.mcp
+        if tool.WhichOneof("tool") != "mcp" or not (mcp.headers or mcp.HasField("authorization")):
+            continue
+        secret = {"headers": dict(mcp.headers), "authorization": mcp.authorization or None}
+        mcp.headers.clear()
+        mcp.ClearField("authorization")
+        mcp.headers[SEALED_HEADER] = sealer.seal(orjson.dumps(secret), _SECRETS_PURPOSE)
+    return copy
+
+
+def open_secrets(request: Request, sealer: Sealer) -> Request:
+    """The inverse of :func:`seal_secrets`, in the worker that runs the job."""
+    if not any(SEALED_HEADER in tool.headers for _, tool in mcp_tools(request)):
+        return request
+    copy = Request()
+    copy.CopyFrom(request)
+    for index, tool in enumerate(copy.tools):
+        mcp = tool.mcp
+        if tool.WhichOneof("tool") != "mcp" or SEALED_HEADER not in mcp.headers:
+            continue
+        secret = orjson.loads(sealer.open(mcp.headers.pop(SEALED_HEADER), _SECRETS_PURPOSE, f"tools[{index}].headers"))
+        mcp.headers.update(secret["headers"])
+        if secret.get("authorization"):
+            mcp.authorization = secret["authorization"]
     return copy

@@ -364,15 +364,21 @@ def test_headers_are_used_but_never_stored_logged_traced_or_echoed(stack: Stack,
 
     stored = http.get(f"/v1/responses/{data['id']}")
     assert stored.status_code == 200 and secret not in stored.text
-    database = stack.config_path.parent / "switchboard.db"
-    with sqlite3.connect(database) as db:
-        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
-            for row in db.execute(f'SELECT * FROM "{table}"'):  # noqa: S608 (table names from the schema)
-                assert secret not in repr(row), f"the secret is stored in {table}"
+    assert secret not in _database_text(stack), "the secret is not stored"
     spans = collector.wait_for(trace_id, lambda found: any(s.name.startswith("mcp.call") for s in found))
     assert any(s.name == "mcp.call add" for s in spans)
     assert secret not in repr([(s.name, s.attributes) for s in spans])
     assert secret not in "".join(stack.process.output)
+
+
+def _database_text(stack: Stack) -> str:
+    """Every row of every table of the stack's SQLite store, as text (blobs decoded leniently)."""
+    rows: list[str] = []
+    with sqlite3.connect(stack.config_path.parent / "switchboard.db") as db:
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            for row in db.execute(f'SELECT * FROM "{table}"'):  # noqa: S608 (table names from the schema)
+                rows.extend(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in row)
+    return "\n".join(rows)
 
 
 # ------------------------------------------------------------------ the other transports
@@ -420,7 +426,7 @@ def _ws_events(ws: Any) -> list[JSON]:
             return events
 
 
-def test_background_mode(http: httpx.Client, mcp_http: str) -> None:
+def test_background_mode(stack: Stack, http: httpx.Client, mcp_http: str) -> None:
     secret = f"sk-bg-{secrets.token_hex(8)}"
     queued = create(http, {"model": "fake/tool-each", "input": "in the background", "background": True,
                            "tools": [mcp_tool(mcp_http, allowed_tools=["add"], require_approval="never",
@@ -437,6 +443,7 @@ def test_background_mode(http: httpx.Client, mcp_http: str) -> None:
     assert data["output"][1]["output"] == "4"
     seen = httpx.get(mcp_http.rsplit("/", 1)[0] + "/_headers").json()["authorization"]
     assert f"Bearer {secret}" in seen, "the worker used the request's headers"
+    assert secret not in _database_text(stack), "the queued job keeps its headers sealed"
     with http.stream("GET", f"/v1/responses/{queued['id']}", params={"stream": "true"}) as reply:
         events, _ = sse_events(reply)
     check_events(events)
