@@ -7,13 +7,13 @@ It assigns item ids, ``output_index``, ``content_index`` and ``sequence_number``
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
 
+from service.engine_mcp import McpItems, new_id
 from service.errors import ApiError, UpstreamError
 from service.mcp.tools import McpRoute
 from service.providers.base import (
@@ -31,14 +31,10 @@ from service.providers.base import (
 from switchboard.responses.v1 import content_pb2, events_pb2, items_pb2, response_pb2
 
 Event = events_pb2.StreamEvent
+__all__ = ["COMPLETED", "INCOMPLETE", "IN_PROGRESS", "EngineOptions", "Event", "TurnEngine", "logprob_pb", "new_id"]
 IN_PROGRESS = items_pb2.ITEM_STATUS_IN_PROGRESS
 COMPLETED = items_pb2.ITEM_STATUS_COMPLETED
 INCOMPLETE = items_pb2.ITEM_STATUS_INCOMPLETE
-
-
-def new_id(prefix: str) -> str:
-    """An unguessable id: 192 random bits."""
-    return f"{prefix}_{secrets.token_hex(24)}"
 
 
 @dataclass(frozen=True)
@@ -82,7 +78,7 @@ class _Open:
     opaque: str | None = None
 
 
-class TurnEngine:
+class TurnEngine(McpItems):
     def __init__(self, response: response_pb2.Response, options: EngineOptions | None = None,
                  first_sequence: int = 0) -> None:
         self.response = response
@@ -304,7 +300,7 @@ class TurnEngine:
         kind = item.WhichOneof("item")
         sub = getattr(item, str(kind))
         if kind in ("mcp_call", "mcp_approval_request"):
-            return events + self._close_mcp(opened, status)
+            return events + self._close_mcp(opened.index, opened.text, completed=status == COMPLETED)
         sub.status = status
         # Sealed when the client asked for it, and always when the upstream's proof must survive the next turn.
         if kind == "reasoning" and self.options.seal_reasoning is not None and (
@@ -329,93 +325,7 @@ class TurnEngine:
         events.append(self._event(output_item_done=events_pb2.OutputItemEvent(output_index=opened.index, item=copy)))
         return events
 
-    def _close_mcp(self, opened: _Open, status: int) -> list[Event]:
-        """An MCP call's arguments are complete: it waits for its result (``mcp_call_result``) unless the turn
-        ends here. An approval request is done."""
-        item = self._item(opened.index)
-        arguments = "".join(opened.text) or "{}"
-        if item.WhichOneof("item") == "mcp_approval_request":
-            item.mcp_approval_request.arguments = arguments
-            return [self._done(opened.index)]
-        call = item.mcp_call
-        events: list[Event] = []
-        if not opened.text:
-            events.append(self._event(mcp_call_arguments_delta=events_pb2.McpCallArgumentsDeltaEvent(
-                item_id=call.id, output_index=opened.index, delta=arguments)))
-        call.arguments = arguments
-        events.append(self._event(mcp_call_arguments_done=events_pb2.McpCallArgumentsDoneEvent(
-            item_id=call.id, output_index=opened.index, arguments=arguments)))
-        if status == COMPLETED:
-            self.pending_mcp.append(opened.index)
-            return events
-        call.status = items_pb2.MCP_CALL_STATUS_INCOMPLETE
-        return events + [self._done(opened.index)]
-
-    def _done(self, index: int) -> Event:
-        copy = items_pb2.Item()
-        copy.CopyFrom(self._item(index))
-        return self._event(output_item_done=events_pb2.OutputItemEvent(output_index=index, item=copy))
-
-    # ------------------------------------------------------------ MCP tools
-
-    def mcp_listing(self, server_label: str, tools: list[items_pb2.McpToolInfo], error: str | None) -> list[Event]:
-        """An `mcp_list_tools` item: added, in progress, then completed with the tools or failed."""
-        events = self._close_current(COMPLETED)
-        index = len(self.response.output)
-        listing = self.response.output.add().mcp_list_tools
-        listing.id, listing.server_label = new_id("mcpl"), server_label
-        events.append(self._added(index))
-        ref = events_pb2.McpItemEvent(item_id=listing.id, output_index=index)
-        events.append(self._event(mcp_list_tools_in_progress=ref))
-        if error is not None:
-            listing.error = error
-            events.append(self._event(mcp_list_tools_failed=ref))
-        else:
-            listing.tools.extend(tools)
-            events.append(self._event(mcp_list_tools_completed=ref))
-        return events + [self._done(index)]
-
-    def _open_mcp(self, route: McpRoute, approval_request_id: str | None = None) -> tuple[int, list[Event]]:
-        index = len(self.response.output)
-        item = self.response.output.add()
-        if route.approval:
-            request = item.mcp_approval_request
-            request.id, request.server_label, request.name = new_id("mcpr"), route.server_label, route.name
-            return index, [self._added(index)]
-        call = item.mcp_call
-        call.id, call.server_label, call.name = new_id("mcp"), route.server_label, route.name
-        call.status = items_pb2.MCP_CALL_STATUS_IN_PROGRESS
-        if approval_request_id is not None:
-            call.approval_request_id = approval_request_id
-        return index, [self._added(index), self._event(mcp_call_in_progress=events_pb2.McpItemEvent(
-            item_id=call.id, output_index=index))]
-
-    def mcp_approved_call(self, request: items_pb2.McpApprovalRequest) -> list[Event]:
-        """An approved call: an `mcp_call` with its arguments, waiting for its result like the model's calls."""
-        self._call_count += 1
-        events = self._close_current(COMPLETED)
-        index, opened = self._open_mcp(McpRoute(request.server_label, request.name, approval=False), request.id)
-        events += opened
-        arguments = request.arguments or "{}"
-        events.append(self._event(mcp_call_arguments_delta=events_pb2.McpCallArgumentsDeltaEvent(
-            item_id=self._item_id(index), output_index=index, delta=arguments)))
-        return events + self._close_mcp(_Open(index=index, kind="mcp_call", text=[arguments]), COMPLETED)
-
-    def mcp_call_result(self, index: int, output: str | None = None,
-                        error: items_pb2.McpCallError | None = None) -> list[Event]:
-        """The result of a waiting call: completed with its output, or failed with its error."""
-        self.pending_mcp.remove(index)
-        call = self._item(index).mcp_call
-        ref = events_pb2.McpItemEvent(item_id=call.id, output_index=index)
-        if error is not None:
-            call.error.CopyFrom(error)
-            call.status = items_pb2.MCP_CALL_STATUS_FAILED
-            event = self._event(mcp_call_failed=ref)
-        else:
-            call.output = output or ""
-            call.status = items_pb2.MCP_CALL_STATUS_COMPLETED
-            event = self._event(mcp_call_completed=ref)
-        return [event, self._done(index)]
+    # ------------------------------------------------------------ MCP tool rounds (items: service.engine_mcp)
 
     def end_round(self) -> list[Event]:
         """The upstream call ended with MCP calls to run: closes its items; the next call starts a new round."""
@@ -432,12 +342,6 @@ class TurnEngine:
     def has_open_mcp_calls(self) -> bool:
         return any(o.kind == "mcp_call" for o in self._calls.values()) or bool(self.pending_mcp)
 
-    def client_action_due(self, since: int) -> bool:
-        """Whether the output from ``since`` holds something only the client can answer: a call of one of its
-        functions or an approval request."""
-        return any(item.WhichOneof("item") in ("function_call", "mcp_approval_request")
-                   for item in list(self.response.output)[since:])
-
     @property
     def stopped(self) -> bool:
         return self._limit is not None
@@ -445,14 +349,6 @@ class TurnEngine:
     def stop(self, reason: str) -> None:
         """The response ends incomplete with this reason (a tool limit), whatever the upstream says."""
         self._limit = self._limit or reason
-
-    def _abandon_pending(self) -> list[Event]:
-        events: list[Event] = []
-        for index in list(self.pending_mcp):
-            self._item(index).mcp_call.status = items_pb2.MCP_CALL_STATUS_INCOMPLETE
-            events.append(self._done(index))
-        self.pending_mcp.clear()
-        return events
 
     def _close_current(self, status: int) -> list[Event]:
         current, self._current = self._current, None
