@@ -279,7 +279,9 @@ class TurnRunner:
         """Lists the MCP servers' tools (or reuses the conversation's listing), offers them to the upstream as
         functions, and runs the calls the input approves, before the first upstream call."""
         config = self._config.mcp
-        listings = await mcp_tools.list_all(request, config, history)
+        # Items the client sends back (store: false chains) count as the conversation too.
+        conversation = [*history, *prepared.inputs]
+        listings = await mcp_tools.list_all(request, config, conversation)
         functions, routes = mcp_tools.functions(request, listings)
         prepared.turn.tools.extend(functions)
         if prepared.turn.tool_choice is None and functions:
@@ -422,6 +424,11 @@ class TurnRunner:
         assert started.turn is not None
         output = list(started.engine.response.output)[round_start:]
         turn = dataclasses.replace(started.turn, items=[*started.turn.items, *for_upstream(output, self._sealer)])
+        choice = turn.tool_choice
+        if choice is not None and (choice.WhichOneof("choice") != "mode"
+                                   or choice.mode == tools_pb2.TOOL_CHOICE_MODE_REQUIRED):
+            # A forced tool call was made: the model may now answer.
+            turn.tool_choice = tools_pb2.ToolChoice(mode=tools_pb2.TOOL_CHOICE_MODE_AUTO)
         started.turn = turn
         await started.deltas.aclose()
         started.deltas = self._providers[started.attempt.endpoint.provider].stream(turn)

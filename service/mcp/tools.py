@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import grpc
 import orjson
 from google.protobuf import json_format
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from service.config import McpConfig
 from service.crypto import Sealer
@@ -19,6 +21,7 @@ from service.mcp.client import McpFailure, McpServer, McpToolSpec, Timeouts, lis
 from switchboard.responses.v1 import content_pb2, items_pb2, responses_service_pb2, tools_pb2
 
 Request = responses_service_pb2.CreateResponseRequest
+tracer = trace.get_tracer("switchboard.service")
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
 # What the upstream reads for a call the client did not approve.
 DENIED_OUTPUT = "The user did not approve this tool call."
@@ -150,10 +153,13 @@ async def list_all(request: Request, config: McpConfig, history: list[items_pb2.
         if earlier is not None:
             specs = [_spec(i) for i in earlier.tools]
             return Listing(tool.server_label, tuple(s for s in specs if allowed(tool, s)), reused=True)
-        try:
-            specs = await list_tools(server(tool), timeouts)
-        except McpFailure as failure:
-            return Listing(tool.server_label, error=str(failure))
+        with tracer.start_as_current_span("mcp.list_tools", kind=SpanKind.CLIENT,
+                                          attributes={"mcp.server.label": tool.server_label}) as span:
+            try:
+                specs = await list_tools(server(tool), timeouts)
+            except McpFailure as failure:
+                span.set_status(Status(StatusCode.ERROR, failure.kind))
+                return Listing(tool.server_label, error=str(failure))
         return Listing(tool.server_label, tuple(s for s in specs if allowed(tool, s)))
 
     return list(await asyncio.gather(*(one(tool) for _, tool in mcp_tools(request))))
@@ -225,17 +231,29 @@ def to_upstream(item: items_pb2.Item, known: Mapping[str, items_pb2.Item]) -> li
     return None
 
 
+def _answers(item: items_pb2.Item) -> str | None:
+    """The approval request an item answers (an approval response, or a call run after approval), if any."""
+    kind = item.WhichOneof("item")
+    if kind == "mcp_approval_response":
+        return item.mcp_approval_response.approval_request_id
+    if kind == "mcp_call" and item.mcp_call.HasField("approval_request_id"):
+        return item.mcp_call.approval_request_id
+    return None
+
+
 def approvals(request: Request, inputs: list[items_pb2.Item], history: list[items_pb2.Item]
               ) -> list[tuple[items_pb2.McpApprovalRequest, bool]]:
-    """The approval responses of the input with the requests they answer (in the conversation)."""
-    asked = {i.mcp_approval_request.id: i.mcp_approval_request for i in history
+    """The approval responses of the input with the requests they answer (earlier in the conversation). Each
+    request is answered once."""
+    asked = {i.mcp_approval_request.id: i.mcp_approval_request for i in [*history, *inputs]
              if i.WhichOneof("item") == "mcp_approval_request"}
-    answered = {i.mcp_call.approval_request_id for i in history
-                if i.WhichOneof("item") == "mcp_call" and i.mcp_call.HasField("approval_request_id")}
+    answered = {found for found in map(_answers, history) if found is not None}
     labels = {tool.server_label for _, tool in mcp_tools(request)}
     out: list[tuple[items_pb2.McpApprovalRequest, bool]] = []
     for index, item in enumerate(inputs):
         if item.WhichOneof("item") != "mcp_approval_response":
+            if (earlier := _answers(item)) is not None:
+                answered.add(earlier)
             continue
         answer = item.mcp_approval_response
         where = f"input[{index}].approval_request_id"
@@ -245,6 +263,7 @@ def approvals(request: Request, inputs: list[items_pb2.Item], history: list[item
                           where, code="item_not_found")
         if answer.approval_request_id in answered:
             raise invalid(f"The approval request {answer.approval_request_id!r} was already answered.", where)
+        answered.add(answer.approval_request_id)
         if found.server_label not in labels:
             raise invalid(f"The approved call needs the mcp tool with server_label {found.server_label!r} in "
                           "'tools'.", where)

@@ -327,6 +327,20 @@ def test_approval_approve_then_deny(http: httpx.Client, mcp_http: str) -> None:
     assert denied["output_text"] == "tool said: The user did not approve this tool call."
 
 
+def test_store_false_client_sends_the_items_back(http: httpx.Client, mcp_http: str) -> None:
+    """Without a stored chain the client resends the items: the listing is reused, the approved call runs."""
+    tools = [mcp_tool(mcp_http, allowed_tools=["add"])]
+    first = create(http, {"model": "fake/tool-each", "input": "stateless", "store": False, "tools": tools})
+    listing, asked = first["output"]
+    answer = {"type": "mcp_approval_response", "approval_request_id": asked["id"], "approve": True}
+    data = create(http, {"model": "fake/tool-each", "store": False, "tools": tools,
+                         "input": [{"role": "user", "content": "stateless"}, listing, asked, answer]})
+    assert kinds(data["output"]) == ["mcp_call", "message"] and data["output_text"] == "tool said: 4"
+    twice = http.post("/v1/responses", json={"model": "fake/tool-each", "store": False, "tools": tools,
+                                             "input": [listing, asked, answer, answer]})
+    assert twice.status_code == 400 and twice.json()["error"]["param"] == "input[3].approval_request_id"
+
+
 def test_per_tool_approval_filter(http: httpx.Client, mcp_http: str) -> None:
     tools = [mcp_tool(mcp_http, allowed_tools=["add", "explode"],
                       require_approval={"never": {"tool_names": ["add"]}})]
