@@ -20,7 +20,7 @@ from service import telemetry
 from service.config import Config
 from service.crypto import Sealer
 from service.engine import Event, TurnEngine
-from service.errors import ApiError, internal
+from service.errors import ApiError, internal, invalid
 from service.mcp import tools as mcp_tools
 from service.mcp.calls import Outcome, execute
 from service.mcp.client import McpServer
@@ -68,15 +68,6 @@ def _tools_off(request: Request) -> bool:
     choice = request.tool_choice
     return request.HasField("tool_choice") and choice.WhichOneof("choice") == "mode" \
         and choice.mode == tools_pb2.TOOL_CHOICE_MODE_NONE
-
-
-def _call_text(outcome: Outcome) -> str:
-    call = items_pb2.McpCall()
-    if outcome.error is not None:
-        call.error.CopyFrom(outcome.error)
-    else:
-        call.output = outcome.output or ""
-    return mcp_tools.call_output(call)
 
 
 def needed_parameters(request: Request) -> set[str]:
@@ -224,6 +215,10 @@ class TurnRunner:
                 allowed = base_options.allowed_tools | frozenset(routes)
                 base_options = dataclasses.replace(base_options, allowed_tools=allowed)
             base_options = dataclasses.replace(base_options, mcp=routes)
+        if not prepared.turn.items:
+            # Only items that read as nothing to a model (an MCP listing, an approval request).
+            raise invalid("The input holds nothing the model can read: add a message.", "input",
+                          code="missing_input")
 
         tried: list[Attempt] = []
         turns: dict[int, Turn] = {}
@@ -294,7 +289,7 @@ class TurnRunner:
             outcome = await execute(servers[asked.server_label], asked.name, asked.arguments, config, mcp.deadline)
             mcp.approved.append((asked, outcome))
             prepared.turn.items.extend(mcp_tools.call_pair(
-                asked.id, asked.server_label, asked.name, asked.arguments, _call_text(outcome)))
+                asked.id, asked.server_label, asked.name, asked.arguments, outcome.text()))
         return mcp, routes
 
     async def run(self, started: Started, cancel: asyncio.Event | None = None) -> AsyncIterator[Event]:

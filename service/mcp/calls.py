@@ -14,7 +14,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from service.config import McpConfig
 from service.mcp.client import McpServer, Timeouts, call_tool
-from service.mcp.tools import parse_arguments
+from service.mcp.tools import call_output, parse_arguments
 from switchboard.responses.v1 import items_pb2
 
 tracer = trace.get_tracer("switchboard.service")
@@ -27,6 +27,15 @@ class Outcome:
     error: items_pb2.McpCallError | None = None
     # The response's time budget ran out: the response ends incomplete.
     out_of_time: bool = False
+
+    def text(self) -> str:
+        """What the upstream reads as the call's result."""
+        call = items_pb2.McpCall()
+        if self.error is not None:
+            call.error.CopyFrom(self.error)
+        else:
+            call.output = self.output or ""
+        return call_output(call)
 
 
 def _struct(data: dict[str, Any]) -> struct_pb2.Struct:

@@ -339,6 +339,8 @@ def test_store_false_client_sends_the_items_back(http: httpx.Client, mcp_http: s
     twice = http.post("/v1/responses", json={"model": "fake/tool-each", "store": False, "tools": tools,
                                              "input": [listing, asked, answer, answer]})
     assert twice.status_code == 400 and twice.json()["error"]["param"] == "input[3].approval_request_id"
+    nothing = http.post("/v1/responses", json={"model": "fake/tool-each", "store": False, "input": [listing]})
+    assert nothing.status_code == 400 and nothing.json()["error"]["param"] == "input"
 
 
 def test_per_tool_approval_filter(http: httpx.Client, mcp_http: str) -> None:
