@@ -60,13 +60,15 @@ def mcp_sse() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, upstream: str, collector: Collector) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, upstream: str, collector: Collector,
+          native_upstreams: dict[str, str]) -> Iterator[Stack]:
     """Overrides the session stack: MCP servers on 127.0.0.1 allowed, a short time budget, no local model."""
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100",
            "OTEL_EXPORTER_OTLP_INSECURE": "true"}
     extra = {"mcp": {"allowed_servers": ["http://127.0.0.1:"], "response_timeout": BUDGET, "call_timeout": 60,
                      "list_timeout": 10, "connect_timeout": 2}}
-    started = start_stack(Path(tmp_path_factory.mktemp("mcp")), upstream, env=env, extra=extra, local_model=False)
+    started = start_stack(Path(tmp_path_factory.mktemp("mcp")), upstream, env=env, extra=extra, local_model=False,
+                          more_upstreams=native_upstreams)
     yield started
     started.stop()
 
@@ -208,6 +210,22 @@ def test_two_call_loop_unary_and_streamed_through_envoy(http: httpx.Client, mcp_
     assert call[-4:] == ["response.mcp_call_arguments.delta", "response.mcp_call_arguments.done",
                          "response.mcp_call.completed", "response.output_item.done"][-len(call[-4:]):]
     assert names.count("response.mcp_call.completed") == 2
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("anthropic/tool-call", ["mcp_list_tools", "message", "mcp_call", "message"]),
+    ("responses/tool-call", ["mcp_list_tools", "mcp_call", "message"]),
+])
+def test_the_loop_works_with_every_provider_kind(http: httpx.Client, mcp_http: str, model: str,
+                                                 expected: list[str]) -> None:
+    """Anthropic Messages and native Responses upstreams (their fakes call the first tool with {"x": 1})."""
+    body = {"model": model, "input": "double it",
+            "tools": [mcp_tool(mcp_http, allowed_tools=["double"], require_approval="never")]}
+    final = check_events(stream(http, body))
+    assert kinds(final["output"]) == expected
+    call = final["output"][expected.index("mcp_call")]
+    assert (call["name"], json.loads(call["arguments"]), call["output"]) == ("double", {"x": 1}, "2")
+    assert final["output"][-1]["content"][0]["text"] == "tool said: 2"
 
 
 def test_sse_transport_server(http: httpx.Client, mcp_sse: str) -> None:

@@ -1,8 +1,8 @@
 """A local MCP server for tests, built with the `mcp` package's server API (`MCPServer`).
 
-Tools: `add` and `echo` (read-only), `explode` (always fails) and `sleep`. It records the `authorization` header of
-every request so tests can check that the gateway forwards request `headers` (``GET /_headers``). Run it with
-``python -m tests.fakes.mcp_server --port N [--transport sse]``; it prints ``LISTENING http://host:port/<path>``.
+Tools: `add` and `echo` (read-only), `double`, `explode` (always fails) and `sleep`. It records the `authorization`
+header of every request so tests can check that the gateway forwards request `headers` (``GET /_headers``). Run it
+with ``python -m tests.fakes.mcp_server --port N [--transport sse]``; it prints ``LISTENING http://host:port/<path>``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ def add(a: int, b: int) -> str:
 @server.tool(description="Returns the text it is given.", annotations=ToolAnnotations(readOnlyHint=True))
 def echo(text: str) -> str:
     return f"echo {text}"
+
+
+@server.tool(description="Doubles an integer.")
+def double(x: int) -> str:
+    return str(2 * x)
 
 
 @server.tool(description="Always fails.")
