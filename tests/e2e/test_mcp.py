@@ -361,6 +361,19 @@ def test_store_false_client_sends_the_items_back(http: httpx.Client, mcp_http: s
     assert nothing.status_code == 400 and nothing.json()["error"]["param"] == "input"
 
 
+def test_mcp_items_as_stored_input(http: httpx.Client) -> None:
+    """MCP items sent as input are stored and listed with their ids; the model reads a call and its output."""
+    call = {"type": "mcp_call", "id": "mcp_client_1", "server_label": "tools", "name": "add", "arguments": "{}",
+            "output": "4"}
+    data = create(http, {"model": "fake/tool-each", "input": [{"role": "user", "content": "earlier"}, call,
+                                                              {"type": "mcp_call", "server_label": "tools",
+                                                               "name": "echo", "arguments": "{}"}]})
+    assert data["output_text"].startswith("tool said: 4 | Error")
+    items = http.get(f"/v1/responses/{data['id']}/input_items", params={"order": "asc"}).json()["data"]
+    assert [i["type"] for i in items] == ["message", "mcp_call", "mcp_call"]
+    assert items[1]["id"] == "mcp_client_1" and items[2]["id"].startswith("mcp_")
+
+
 def test_per_tool_approval_filter(http: httpx.Client, mcp_http: str) -> None:
     tools = [mcp_tool(mcp_http, allowed_tools=["add", "explode"],
                       require_approval={"never": {"tool_names": ["add"]}})]

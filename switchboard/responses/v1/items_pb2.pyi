@@ -499,7 +499,7 @@ class McpListTools(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Required. The item id."""
+    """Output only. Required on output items; optional on input. The item id."""
     server_label: _builtins.str
     """Required. The label of the server."""
     error: _builtins.str
@@ -511,18 +511,23 @@ class McpListTools(_message.Message):
     def __init__(
         self,
         *,
-        id: _builtins.str = ...,
+        id: _builtins.str | None = ...,
         server_label: _builtins.str = ...,
         tools: _abc.Iterable[Global___McpToolInfo] | None = ...,
         error: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "error", b"error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "_id", b"_id", "error", b"error", "id", b"id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "error", b"error", "id", b"id", "server_label", b"server_label", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "_id", b"_id", "error", b"error", "id", b"id", "server_label", b"server_label", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__error: _TypeAlias = _typing.Literal["error"]  # noqa: Y015
     _WhichOneofArgType__error: _TypeAlias = _typing.Literal["_error", b"_error"]  # noqa: Y015
+    _WhichOneofReturnType__id: _TypeAlias = _typing.Literal["id"]  # noqa: Y015
+    _WhichOneofArgType__id: _TypeAlias = _typing.Literal["_id", b"_id"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__error) -> _WhichOneofReturnType__error | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__id) -> _WhichOneofReturnType__id | None: ...
 
 Global___McpListTools: _TypeAlias = McpListTools  # noqa: Y015
 
@@ -581,7 +586,7 @@ class McpCall(_message.Message):
     APPROVAL_REQUEST_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Required. The item id."""
+    """Output only. Required on output items; optional on input. The item id."""
     server_label: _builtins.str
     """Required. The label of the server."""
     name: _builtins.str
@@ -601,7 +606,7 @@ class McpCall(_message.Message):
     def __init__(
         self,
         *,
-        id: _builtins.str = ...,
+        id: _builtins.str | None = ...,
         server_label: _builtins.str = ...,
         name: _builtins.str = ...,
         arguments: _builtins.str = ...,
@@ -610,16 +615,20 @@ class McpCall(_message.Message):
         approval_request_id: _builtins.str | None = ...,
         status: Global___McpCallStatus.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_approval_request_id", b"_approval_request_id", "_output", b"_output", "approval_request_id", b"approval_request_id", "error", b"error", "output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_approval_request_id", b"_approval_request_id", "_id", b"_id", "_output", b"_output", "approval_request_id", b"approval_request_id", "error", b"error", "id", b"id", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_approval_request_id", b"_approval_request_id", "_output", b"_output", "approval_request_id", b"approval_request_id", "arguments", b"arguments", "error", b"error", "id", b"id", "name", b"name", "output", b"output", "server_label", b"server_label", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_approval_request_id", b"_approval_request_id", "_id", b"_id", "_output", b"_output", "approval_request_id", b"approval_request_id", "arguments", b"arguments", "error", b"error", "id", b"id", "name", b"name", "output", b"output", "server_label", b"server_label", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__approval_request_id: _TypeAlias = _typing.Literal["approval_request_id"]  # noqa: Y015
     _WhichOneofArgType__approval_request_id: _TypeAlias = _typing.Literal["_approval_request_id", b"_approval_request_id"]  # noqa: Y015
+    _WhichOneofReturnType__id: _TypeAlias = _typing.Literal["id"]  # noqa: Y015
+    _WhichOneofArgType__id: _TypeAlias = _typing.Literal["_id", b"_id"]  # noqa: Y015
     _WhichOneofReturnType__output: _TypeAlias = _typing.Literal["output"]  # noqa: Y015
     _WhichOneofArgType__output: _TypeAlias = _typing.Literal["_output", b"_output"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__approval_request_id) -> _WhichOneofReturnType__approval_request_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__id) -> _WhichOneofReturnType__id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__output) -> _WhichOneofReturnType__output | None: ...
 
@@ -750,7 +759,7 @@ class McpApprovalRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ARGUMENTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Required. The item id; the approval response names it."""
+    """Output only. Required on output items; optional on input. The item id; the approval response names it."""
     server_label: _builtins.str
     """Required. The label of the server."""
     name: _builtins.str
@@ -760,16 +769,18 @@ class McpApprovalRequest(_message.Message):
     def __init__(
         self,
         *,
-        id: _builtins.str = ...,
+        id: _builtins.str | None = ...,
         server_label: _builtins.str = ...,
         name: _builtins.str = ...,
         arguments: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "id", b"id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "id", b"id", "name", b"name", "server_label", b"server_label"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "arguments", b"arguments", "id", b"id", "name", b"name", "server_label", b"server_label"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__id: _TypeAlias = _typing.Literal["id"]  # noqa: Y015
+    _WhichOneofArgType__id: _TypeAlias = _typing.Literal["_id", b"_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__id) -> _WhichOneofReturnType__id | None: ...
 
 Global___McpApprovalRequest: _TypeAlias = McpApprovalRequest  # noqa: Y015
 
