@@ -14,6 +14,7 @@ import grpc
 
 from service.engine import Event, TurnEngine
 from service.errors import ApiError, internal
+from service.mcp.tools import seal_secrets
 from service.store import Job, Store, StoredResponse
 from service.turns import Started, TurnRunner
 from switchboard.responses.v1 import response_pb2, responses_service_pb2
@@ -51,6 +52,8 @@ class BackgroundWorker:
         response.background, response.store = True, True
         events = TurnEngine(response, prepared.options).queue()
         expires = time.time() + self._runner.config.retention_seconds if self._runner.config.retention_seconds else None
+        # MCP headers are needed by the worker that runs the job: stored sealed, never in the clear.
+        request = seal_secrets(request, self._runner.sealer)
         await self._store.save_response(owner, response, request, prepared.inputs, expires_at=expires,
                                         job_request=request.SerializeToString())
         await self._store.append_events(response.id, events)

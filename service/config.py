@@ -96,6 +96,38 @@ def _background(raw: Any) -> BackgroundConfig:
 
 
 @dataclass(frozen=True)
+class McpConfig:
+    """Remote MCP servers: reached only when their URL starts with one of ``allowed_servers`` (none by default)."""
+
+    allowed_servers: tuple[str, ...] = ()
+    # Seconds: to connect, to list a server's tools, for each call, and for all MCP work of one response.
+    connect_timeout: float = 5.0
+    list_timeout: float = 15.0
+    call_timeout: float = 60.0
+    response_timeout: float = 300.0
+
+    def allows(self, url: str) -> bool:
+        return any(url.startswith(prefix) for prefix in self.allowed_servers)
+
+
+def _mcp(raw: Any) -> McpConfig:
+    raw = dict(raw or {})
+    unknown = set(raw) - set(McpConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"mcp: unknown keys {sorted(unknown)}")
+    servers = raw.pop("allowed_servers", None) or []
+    if not isinstance(servers, list) or not all(isinstance(s, str) and "://" in s for s in servers):
+        raise ConfigError("mcp.allowed_servers: a list of URL prefixes such as 'https://mcp.example.com/'")
+    try:
+        timeouts = {k: float(v) for k, v in raw.items()}
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"mcp: {exc}") from None
+    if any(v <= 0 for v in timeouts.values()):
+        raise ConfigError("mcp: timeouts must be positive")
+    return McpConfig(allowed_servers=tuple(servers), **timeouts)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     api_keys: tuple[str, ...] = ()
@@ -124,6 +156,7 @@ class Config:
     # Finished foreground responses are saved by one writer, many per transaction, after gathering for this many
     # seconds (docs/decisions/0007-group-commit.md); null saves each one before its reply.
     store_commit_window: float | None = 0.002
+    mcp: McpConfig = field(default_factory=McpConfig)
 
     def provider(self, name: str) -> ProviderConfig | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -244,6 +277,7 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
         rate_limits=rate_limits,
         retention_seconds=float(data.get("retention_seconds", Config.retention_seconds)),
         store_commit_window=_commit_window(data.get("store_commit_window", Config.store_commit_window)),
+        mcp=_mcp(data.get("mcp")),
     )
 
 

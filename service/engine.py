@@ -7,14 +7,15 @@ It assigns item ids, ``output_index``, ``content_index`` and ``sequence_number``
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
 
+from service.engine_mcp import McpItems, new_id
 from service.errors import ApiError, UpstreamError, response_error_code
+from service.mcp.tools import McpRoute
 from service.providers.base import (
     Delta,
     Finish,
@@ -30,14 +31,10 @@ from service.providers.base import (
 from switchboard.responses.v1 import content_pb2, events_pb2, items_pb2, response_pb2
 
 Event = events_pb2.StreamEvent
+__all__ = ["COMPLETED", "INCOMPLETE", "IN_PROGRESS", "EngineOptions", "Event", "TurnEngine", "logprob_pb", "new_id"]
 IN_PROGRESS = items_pb2.ITEM_STATUS_IN_PROGRESS
 COMPLETED = items_pb2.ITEM_STATUS_COMPLETED
 INCOMPLETE = items_pb2.ITEM_STATUS_INCOMPLETE
-
-
-def new_id(prefix: str) -> str:
-    """An unguessable id: 192 random bits."""
-    return f"{prefix}_{secrets.token_hex(24)}"
 
 
 @dataclass(frozen=True)
@@ -57,6 +54,8 @@ class EngineOptions:
     include_encrypted: bool = False
     # USD per million input and output tokens.
     prices: tuple[float, float] | None = None
+    # Upstream function name -> the MCP tool it stands for (calls become `mcp_call` or `mcp_approval_request`).
+    mcp: Mapping[str, McpRoute] = field(default_factory=dict)
 
 
 def logprob_pb(entry: TokenLogprob) -> content_pb2.LogProb:
@@ -71,7 +70,7 @@ class _Open:
     """An output item being streamed, and its open content part (if any)."""
 
     index: int
-    kind: str  # "message" | "reasoning" | "function_call"
+    kind: str  # "message" | "reasoning" | "function_call" | "mcp_call" | "mcp_approval_request"
     part_kind: str | None = None  # "output_text" | "refusal" | "reasoning_text" | "summary_text"
     part_index: int = -1
     text: list[str] = field(default_factory=list)
@@ -79,7 +78,7 @@ class _Open:
     opaque: str | None = None
 
 
-class TurnEngine:
+class TurnEngine(McpItems):
     def __init__(self, response: response_pb2.Response, options: EngineOptions | None = None,
                  first_sequence: int = 0) -> None:
         self.response = response
@@ -89,8 +88,15 @@ class TurnEngine:
         self._calls: dict[int, _Open] = {}
         self._dropped_calls: set[int] = set()
         self._call_count = 0
+        self._round_calls = 0
         self._usage = UsageDelta()
+        # Usage of the earlier upstream calls of this response (MCP tool rounds).
+        self._banked = UsageDelta()
         self._finish: str | None = None
+        # Why the response must end incomplete although the upstream finished (a tool limit was hit).
+        self._limit: str | None = None
+        # `mcp_call` items whose arguments are complete and that wait for their result, by output index.
+        self.pending_mcp: list[int] = []
         self.terminal = False
         # The failure that ended the response, with its detailed code (`response.error.code` is OpenAI's class).
         self.failure: ApiError | None = None
@@ -296,6 +302,8 @@ class TurnEngine:
         item = self._item(opened.index)
         kind = item.WhichOneof("item")
         sub = getattr(item, str(kind))
+        if kind in ("mcp_call", "mcp_approval_request"):
+            return events + self._close_mcp(opened.index, opened.text, completed=status == COMPLETED)
         sub.status = status
         # Sealed when the client asked for it, and always when the upstream's proof must survive the next turn.
         if kind == "reasoning" and self.options.seal_reasoning is not None and (
@@ -320,6 +328,31 @@ class TurnEngine:
         events.append(self._event(output_item_done=events_pb2.OutputItemEvent(output_index=opened.index, item=copy)))
         return events
 
+    # ------------------------------------------------------------ MCP tool rounds (items: service.engine_mcp)
+
+    def end_round(self) -> list[Event]:
+        """The upstream call ended with MCP calls to run: closes its items; the next call starts a new round."""
+        events = self._close_all(COMPLETED)
+        u, b = self._usage, self._banked
+        self._banked = UsageDelta(
+            input_tokens=u.input_tokens + b.input_tokens, output_tokens=u.output_tokens + b.output_tokens,
+            cached_tokens=u.cached_tokens + b.cached_tokens, reasoning_tokens=u.reasoning_tokens + b.reasoning_tokens)
+        self._usage = UsageDelta()
+        self._round_calls = 0
+        self._dropped_calls = set()
+        return events
+
+    def has_open_mcp_calls(self) -> bool:
+        return any(o.kind == "mcp_call" for o in self._calls.values()) or bool(self.pending_mcp)
+
+    @property
+    def stopped(self) -> bool:
+        return self._limit is not None
+
+    def stop(self, reason: str) -> None:
+        """The response ends incomplete with this reason (a tool limit), whatever the upstream says."""
+        self._limit = self._limit or reason
+
     def _close_current(self, status: int) -> list[Event]:
         current, self._current = self._current, None
         return self._close_item(current, status) if current is not None else []
@@ -331,19 +364,31 @@ class TurnEngine:
             return False
         if options.max_tool_calls is not None and self._call_count >= options.max_tool_calls:
             return False
-        return options.parallel_tool_calls or self._call_count == 0
+        return options.parallel_tool_calls or self._round_calls == 0
 
     def _tool_call(self, delta: ToolCallDelta) -> list[Event]:
         if delta.index in self._dropped_calls:
             return []
         events: list[Event] = []
         opened = self._calls.get(delta.index)
+        route = self.options.mcp.get(delta.name or "") if opened is None else None
         if opened is None:
             if not self._accepts_call(delta.name or ""):
+                if route is not None and self.options.max_tool_calls is not None \
+                        and self._call_count >= self.options.max_tool_calls:
+                    self.stop("max_tool_calls")
                 self._dropped_calls.add(delta.index)
                 return []
             self._call_count += 1
+            self._round_calls += 1
             events += self._close_current(COMPLETED)
+        if route is not None:
+            index, opened_events = self._open_mcp(route)
+            opened = self._calls[delta.index] = _Open(index=index, kind=str(self._item(index).WhichOneof("item")))
+            events += opened_events
+        elif opened is not None and opened.kind != "function_call":
+            pass
+        elif opened is None:
             index = len(self.response.output)
             item = self.response.output.add()
             call = item.function_call
@@ -357,7 +402,13 @@ class TurnEngine:
             events.append(self._added(index))
         elif delta.name and not self._item(opened.index).function_call.name:
             self._item(opened.index).function_call.name = delta.name
-        if delta.arguments:
+        if delta.arguments and opened.kind == "mcp_call":
+            opened.text.append(delta.arguments)
+            events.append(self._event(mcp_call_arguments_delta=events_pb2.McpCallArgumentsDeltaEvent(
+                item_id=self._item_id(opened.index), output_index=opened.index, delta=delta.arguments)))
+        elif delta.arguments and opened.kind == "mcp_approval_request":
+            opened.text.append(delta.arguments)
+        elif delta.arguments:
             opened.text.append(delta.arguments)
             call = self._item(opened.index).function_call
             events.append(self._event(function_call_arguments_delta=events_pb2.FunctionCallArgumentsDeltaEvent(
@@ -376,7 +427,10 @@ class TurnEngine:
         return events
 
     def _set_usage(self) -> None:
-        u = self._usage
+        u, b = self._usage, self._banked
+        u = UsageDelta(input_tokens=u.input_tokens + b.input_tokens, output_tokens=u.output_tokens + b.output_tokens,
+                       cached_tokens=u.cached_tokens + b.cached_tokens,
+                       reasoning_tokens=u.reasoning_tokens + b.reasoning_tokens)
         self.response.usage.CopyFrom(response_pb2.Usage(
             input_tokens=u.input_tokens,
             output_tokens=u.output_tokens,
@@ -403,7 +457,8 @@ class TurnEngine:
             try:
                 orjson.loads(arguments or "{}")
             except orjson.JSONDecodeError:
-                return self._item(opened.index).function_call.name or "?"
+                item = self._item(opened.index)
+                return str(getattr(item, str(item.WhichOneof("item"))).name) or "?"
         return None
 
     def finish(self) -> list[Event]:
@@ -414,13 +469,15 @@ class TurnEngine:
             if broken is not None:
                 return self.fail(UpstreamError(f"The upstream returned arguments for {broken!r} that are not JSON.",
                                                code="upstream_invalid_tool_arguments", retryable=False))
-        if reason == "unknown":
+        if reason == "unknown" and not self._limit:
             # OpenAI's incomplete reasons are a closed set, and an undocumented reason (OpenRouter's "error") means
             # the upstream did not finish properly: a failure, not a completed or incomplete answer.
             return self.fail(UpstreamError("The upstream ended the answer with an undocumented finish reason.",
                                            code="upstream_finish_reason", retryable=False))
-        incomplete = {"length": "max_output_tokens", "content_filter": "content_filter"}.get(reason or "")
+        incomplete = self._limit or {"length": "max_output_tokens",
+                                     "content_filter": "content_filter"}.get(reason or "")
         events = self._close_all(INCOMPLETE if incomplete else COMPLETED)
+        events += self._abandon_pending()
         self._set_usage()
         self.response.output_text = self._output_text()
         self.response.completed_at = int(time.time())
@@ -435,7 +492,7 @@ class TurnEngine:
     def cancel(self) -> list[Event]:
         """The client cancelled: open items end as incomplete and the stream ends with ``response.failed``
         carrying status ``cancelled`` (the spec has no dedicated terminal event for it)."""
-        events = self._close_all(INCOMPLETE)
+        events = self._close_all(INCOMPLETE) + self._abandon_pending()
         self._set_usage()
         self.response.output_text = self._output_text()
         self.response.status = response_pb2.RESPONSE_STATUS_CANCELLED
@@ -446,7 +503,7 @@ class TurnEngine:
 
     def fail(self, error: ApiError) -> list[Event]:
         """An ``error`` event, then ``response.failed``. Open items end as incomplete."""
-        events = self._close_all(INCOMPLETE)
+        events = self._close_all(INCOMPLETE) + self._abandon_pending()
         payload = events_pb2.ErrorPayload(type=error.error_type, code=error.code, message=error.message)
         if error.param is not None:
             payload.param = error.param

@@ -13,6 +13,7 @@ from service.config import Config
 from service.crypto import Sealer
 from service.engine import EngineOptions, new_id
 from service.errors import invalid
+from service.mcp import tools as mcp_tools
 from service.providers.base import Turn
 from switchboard.responses.v1 import (
     content_pb2,
@@ -25,7 +26,8 @@ from switchboard.responses.v1 import (
 Request = responses_service_pb2.CreateResponseRequest
 
 # Input item kinds a provider can take. Everything else needs the store (item_reference) or is unknown.
-_INPUT_KINDS = {"message", "function_call", "function_call_output", "reasoning"}
+_INPUT_KINDS = {"message", "function_call", "function_call_output", "reasoning", "mcp_list_tools", "mcp_call",
+                "mcp_approval_request", "mcp_approval_response"}
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ def plan_tools(request: Request, config: Config) -> ToolPlan:
                     flat.description = tool.namespace.description
                 names[flat.name] = (tool.namespace.name, inner.function.name)
                 functions.append(flat)
+        elif kind == "mcp":
+            continue  # its functions are known once the server's tools are listed (service.mcp.tools)
         elif config.unsupported_tools == "reject":
             raise invalid(
                 f"Tool type {_tool_type(tool)!r} is not supported by this gateway.", f"tools[{index}].type",
@@ -111,7 +115,8 @@ def plan_tools(request: Request, config: Config) -> ToolPlan:
 
 
 _ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs",
-                "compaction": "cmp"}
+                "compaction": "cmp", "mcp_list_tools": "mcpl", "mcp_call": "mcp", "mcp_approval_request": "mcpr",
+                "mcp_approval_response": "mcpa"}
 
 
 def input_items(request: Request) -> list[items_pb2.Item]:
@@ -192,8 +197,9 @@ def conversation(request: Request, inputs: list[items_pb2.Item], history: list[i
         system.message.content.text = request.instructions
         items.append(system)
     known = {item_id(i): i for i in history if item_id(i)}
+    known.update((item_id(i), i) for i in inputs if item_id(i))
     for item in history:
-        items.extend(_expand(item, "previous_response_id", sealer))
+        items.extend(_expand(item, "previous_response_id", sealer, known))
     for index, item in enumerate(inputs):
         if item.WhichOneof("item") == "item_reference":
             found = known.get(item.item_reference.id)
@@ -201,9 +207,14 @@ def conversation(request: Request, inputs: list[items_pb2.Item], history: list[i
                 raise invalid(f"No item with id {item.item_reference.id!r} in this conversation.",
                               f"input[{index}].id", code="item_not_found")
             item = found
-        items.extend(_expand(item, f"input[{index}]", sealer))
+        items.extend(_expand(item, f"input[{index}]", sealer, known))
     _check_outputs_answer_calls(inputs, items)
     return items
+
+
+def for_upstream(items: list[items_pb2.Item], sealer: Sealer | None) -> list[items_pb2.Item]:
+    """Output items of this response as the upstream reads them in its next call (MCP tool rounds)."""
+    return [x for item in items for x in _expand(item, "output", sealer, {})]
 
 
 def _resolved(inputs: list[items_pb2.Item], history: list[items_pb2.Item]) -> list[items_pb2.Item]:
@@ -230,14 +241,19 @@ def item_id(item: items_pb2.Item) -> str:
     return str(getattr(item, kind).id)
 
 
-def _expand(item: items_pb2.Item, param: str, sealer: Sealer | None) -> list[items_pb2.Item]:
+def _expand(item: items_pb2.Item, param: str, sealer: Sealer | None,
+            known: dict[str, items_pb2.Item]) -> list[items_pb2.Item]:
+    mcp = mcp_tools.to_upstream(item, known)
+    if mcp is not None:
+        return mcp
     if item.WhichOneof("item") != "compaction":
         return [_for_upstream(item, param, sealer)]
     if sealer is None:
         raise invalid("Compaction items cannot be read here.", param, code="invalid_encrypted_content")
     sealed = sealer.open(item.compaction.encrypted_content, COMPACTION_PURPOSE, f"{param}.encrypted_content")
     # A compaction of a compacted context holds compaction items itself.
-    return [x for inner in items_pb2.ItemList.FromString(sealed).items for x in _expand(inner, param, sealer)]
+    return [x for inner in items_pb2.ItemList.FromString(sealed).items
+            for x in _expand(inner, param, sealer, known)]
 
 
 def expand_compactions(items: list[items_pb2.Item], sealer: Sealer, param: str) -> list[items_pb2.Item]:
@@ -307,7 +323,7 @@ def initial_response(request: Request, model: str, store: bool) -> response_pb2.
         if request.HasField(name):
             setattr(r, name, getattr(request, name))
     # Tools the upstream never sees are reported in a header, not echoed.
-    r.tools.extend(t for t in request.tools if t.WhichOneof("tool") != "other")
+    r.tools.extend(mcp_tools.without_secrets(t) for t in request.tools if t.WhichOneof("tool") != "other")
     if request.HasField("tool_choice"):
         r.tool_choice.CopyFrom(request.tool_choice)
     else:

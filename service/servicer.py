@@ -101,7 +101,9 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
         started = await self._runner.start(request, owner=owner, stream=stream, timeout=context.time_remaining(),
                                            metadata=tuple(context.invocation_metadata() or ()))
         if started.prepared.omitted_tools:
-            metadata += ((OMITTED_TOOLS_HEADER, ",".join(started.prepared.omitted_tools)),)
+            # Tool types are client text: only printable ASCII fits a header value.
+            names = ",".join(started.prepared.omitted_tools)
+            metadata += ((OMITTED_TOOLS_HEADER, "".join(c if " " <= c <= "~" else "?" for c in names)),)
         if metadata:
             await context.send_initial_metadata(metadata)
         return started

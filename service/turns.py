@@ -20,7 +20,10 @@ from service import telemetry
 from service.config import Config
 from service.crypto import Sealer
 from service.engine import Event, TurnEngine
-from service.errors import ApiError, internal
+from service.errors import ApiError, internal, invalid
+from service.mcp import tools as mcp_tools
+from service.mcp.calls import Outcome, execute
+from service.mcp.client import McpServer
 from service.metrics import Metrics
 from service.plugins import (
     check_plugins,
@@ -31,12 +34,12 @@ from service.plugins import (
     parse_files,
     truncate_oldest,
 )
-from service.providers.base import Delta, Finish, Provider
-from service.requests import Prepared, prepare
+from service.providers.base import Delta, Finish, Provider, Turn
+from service.requests import Prepared, for_upstream, prepare
 from service.routing import Attempt, Router
 from service.store import Store
 from service.validation import validate
-from switchboard.responses.v1 import response_pb2, responses_service_pb2
+from switchboard.responses.v1 import items_pb2, response_pb2, responses_service_pb2, tools_pb2
 from switchboard.responses.v1.items_pb2 import Item
 
 Request = responses_service_pb2.CreateResponseRequest
@@ -64,6 +67,12 @@ _PARAMETERS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
                "top_logprobs": "top_logprobs", "reasoning": "reasoning"}
 
 
+def _tools_off(request: Request) -> bool:
+    choice = request.tool_choice
+    return request.HasField("tool_choice") and choice.WhichOneof("choice") == "mode" \
+        and choice.mode == tools_pb2.TOOL_CHOICE_MODE_NONE
+
+
 def needed_parameters(request: Request) -> set[str]:
     needed = {name for field, name in _PARAMETERS.items() if request.HasField(field)}  # type: ignore[arg-type]
     if request.tools:
@@ -71,6 +80,17 @@ def needed_parameters(request: Request) -> set[str]:
     if request.text.format.WhichOneof("format") in ("json_object", "json_schema"):
         needed.add("response_format")
     return needed
+
+
+@dataclass
+class McpTurn:
+    """The request's MCP servers: their listings, the approved calls already run (with their results) and the
+    deadline of the response's MCP time budget."""
+
+    servers: dict[str, McpServer]
+    listings: list[mcp_tools.Listing]
+    approved: list[tuple[items_pb2.McpApprovalRequest, Outcome]]
+    deadline: float
 
 
 @dataclass
@@ -91,6 +111,9 @@ class Started:
     resumed: bool = False
     # When the last upstream delta arrived (throughput is measured over streamed upstream calls).
     last_at: float = 0.0
+    # The upstream call as the answering attempt made it (the next MCP tool round extends it).
+    turn: Turn | None = None
+    mcp: McpTurn | None = None
 
 
 class TurnRunner:
@@ -133,6 +156,7 @@ class TurnRunner:
         # Background jobs always run streamed; what the client asked for is the request's own `stream`.
         client_streams = bool(request.stream) if request.background else stream
         validate(request, stream=client_streams)
+        mcp_tools.check(request, self._config.mcp)
         check_plugins(request, stream=client_streams, web_search_configured=False)
         return prepare(request, self._config, stream=stream, timeout=timeout, sealer=self._sealer,
                        history=history, store_default=self._config.store_default and self._store is not None)
@@ -172,6 +196,8 @@ class TurnRunner:
         """Resolves the request and starts the first upstream attempt that works. ``history`` overrides the
         stored chain (WebSocket sessions); ``resumed`` is a queued background response a worker now runs."""
         started_at = time.monotonic()
+        if resumed is not None:
+            request = mcp_tools.open_secrets(request, self._sealer)
         telemetry.annotate(request, metadata)
         if history is None and request.HasField("previous_response_id") and request.previous_response_id:
             history = await self.history(owner, request.previous_response_id)
@@ -184,8 +210,21 @@ class TurnRunner:
             prepared.turn.items = await asyncio.to_thread(parse_files, prepared.turn.items)
         trimming = "context-compression" in plugins or request.truncation == response_pb2.TRUNCATION_AUTO
         attempts = self.plan(request, prepared, metadata, trimming=trimming)
+        base_options = prepared.options
+        mcp: McpTurn | None = None
+        if mcp_tools.mcp_tools(request):
+            mcp, routes = await self._mcp_start(request, prepared, history or [], started_at)
+            if base_options.allowed_tools is not None and not _tools_off(request):
+                allowed = base_options.allowed_tools | frozenset(routes)
+                base_options = dataclasses.replace(base_options, allowed_tools=allowed)
+            base_options = dataclasses.replace(base_options, mcp=routes)
+        if not prepared.turn.items:
+            # Only items that read as nothing to a model (an MCP listing, an approval request).
+            raise invalid("The input holds nothing the model can read: add a message.", "input",
+                          code="missing_input")
 
         tried: list[Attempt] = []
+        turns: dict[int, Turn] = {}
 
         async def attempt_call(attempt: Attempt) -> tuple[AsyncGenerator[Delta, None], Delta | None, Span]:
             tried.append(attempt)
@@ -200,6 +239,7 @@ class TurnRunner:
                 left = timeout - (time.monotonic() - started_at)
                 turn.timeout = max(0.0, left - min(_DEADLINE_MARGIN, left / 4))
             span = self._attempt_span(attempt, prepared, request)
+            turns[id(attempt)] = turn
             deltas = self._providers[endpoint.provider].stream(turn)
             try:
                 with trace.use_span(span, end_on_exit=False):
@@ -222,7 +262,7 @@ class TurnRunner:
         response = prepared.response
         response.model = attempt.model_name
         response.service_tier = _TIERS.get(attempt.endpoint.tier, response_pb2.SERVICE_TIER_DEFAULT)
-        options = prepared.options
+        options = base_options
         if attempt.endpoint.price_prompt or attempt.endpoint.price_completion:
             options = dataclasses.replace(options, prices=(attempt.endpoint.price_prompt,
                                                            attempt.endpoint.price_completion))
@@ -230,7 +270,31 @@ class TurnRunner:
         engine = TurnEngine(response, options, first_sequence=2 if resumed is not None else 0)
         return Started(request=request, owner=owner, prepared=prepared, engine=engine, attempt=attempt,
                        deltas=deltas, first=first, span=span, started_at=started_at,
-                       first_at=time.monotonic(), stream=stream, resumed=resumed is not None)
+                       first_at=time.monotonic(), stream=stream, resumed=resumed is not None,
+                       turn=turns.get(id(attempt)), mcp=mcp)
+
+    async def _mcp_start(self, request: Request, prepared: Prepared, history: list[Item],
+                         started_at: float) -> tuple[McpTurn, dict[str, mcp_tools.McpRoute]]:
+        """Lists the MCP servers' tools (or reuses the conversation's listing), offers them to the upstream as
+        functions, and runs the calls the input approves, before the first upstream call."""
+        config = self._config.mcp
+        # Items the client sends back (store: false chains) count as the conversation too.
+        conversation = [*history, *prepared.inputs]
+        listings = await mcp_tools.list_all(request, config, conversation)
+        functions, routes = mcp_tools.functions(request, listings)
+        prepared.turn.tools.extend(functions)
+        if prepared.turn.tool_choice is None and functions:
+            prepared.turn.tool_choice = tools_pb2.ToolChoice(mode=tools_pb2.TOOL_CHOICE_MODE_AUTO)
+        servers = {tool.server_label: mcp_tools.server(tool) for _, tool in mcp_tools.mcp_tools(request)}
+        mcp = McpTurn(servers=servers, listings=listings, approved=[], deadline=started_at + config.response_timeout)
+        for asked, approve in mcp_tools.approvals(request, prepared.inputs, history):
+            if not approve:
+                continue  # the conversation tells the upstream the call was refused
+            outcome = await execute(servers[asked.server_label], asked.name, asked.arguments, config, mcp.deadline)
+            mcp.approved.append((asked, outcome))
+            prepared.turn.items.extend(mcp_tools.call_pair(
+                asked.id, asked.server_label, asked.name, asked.arguments, outcome.text()))
+        return mcp, routes
 
     async def run(self, started: Started, cancel: asyncio.Event | None = None) -> AsyncIterator[Event]:
         """The events of the whole turn; ends with exactly one terminal event, whatever fails. The response is
@@ -244,21 +308,37 @@ class TurnRunner:
         try:
             for event in engine.resume() if started.resumed else engine.start():
                 yield event
+            for event in self._mcp_prelude(started):
+                yield event
             if started.first is not None:
                 self._metrics.time_to_first_token.record(started.first_at - started.started_at,
                                                          self._labels(started))
-                for event in engine.feed(started.first):
-                    yield event
-                if isinstance(started.first, Finish):
-                    finish_reason = started.first.reason
-                async for delta in started.deltas:
-                    started.last_at = time.monotonic()
-                    if cancel is not None and cancel.is_set():
-                        break
-                    if isinstance(delta, Finish):
-                        finish_reason = delta.reason
-                    for event in engine.feed(delta):
+            first = started.first
+            while True:
+                round_start = len(engine.response.output)
+                if first is not None:
+                    for event in engine.feed(first):
                         yield event
+                    if isinstance(first, Finish):
+                        finish_reason = first.reason
+                    async for delta in started.deltas:
+                        started.last_at = time.monotonic()
+                        if cancel is not None and cancel.is_set():
+                            break
+                        if isinstance(delta, Finish):
+                            finish_reason = delta.reason
+                        for event in engine.feed(delta):
+                            yield event
+                if (cancel is not None and cancel.is_set()) or not self._mcp_round_due(started):
+                    break
+                # The model called MCP tools: run them, then ask the upstream again with their results.
+                for event in engine.end_round():
+                    yield event
+                async for event in self._mcp_calls(started):
+                    yield event
+                if not self._mcp_continues(started, finish_reason, round_start):
+                    break
+                first = await self._next_round(started, round_start)
             terminal = engine.cancel() if cancel is not None and cancel.is_set() else engine.finish()
             if "response-healing" in enabled_plugins(started.request) and heal_response(engine.response):
                 # The terminal event's snapshot was taken before healing.
@@ -288,8 +368,71 @@ class TurnRunner:
         if self._store is None or not response.store:
             return
         expires = time.time() + self._config.retention_seconds if self._config.retention_seconds else None
-        await self._store.save_response(started.owner, response, started.request, started.prepared.inputs,
-                                        expires_at=expires)
+        await self._store.save_response(started.owner, response, mcp_tools.without_request_secrets(started.request),
+                                        started.prepared.inputs, expires_at=expires)
+
+    # ------------------------------------------------------------ MCP tool rounds
+
+    def _mcp_prelude(self, started: Started) -> list[Event]:
+        """The new listings and the calls the input approved (run before the first upstream call)."""
+        mcp, engine = started.mcp, started.engine
+        if mcp is None:
+            return []
+        events: list[Event] = []
+        for listing in mcp.listings:
+            if not listing.reused:
+                events += engine.mcp_listing(listing.server_label, [mcp_tools.info(t) for t in listing.tools],
+                                             listing.error)
+        for asked, outcome in mcp.approved:
+            events += engine.mcp_approved_call(asked)
+            events += engine.mcp_call_result(engine.pending_mcp[-1], outcome.output, outcome.error)
+            if outcome.out_of_time:
+                engine.stop("mcp_time_budget")
+        return events
+
+    def _mcp_round_due(self, started: Started) -> bool:
+        return started.mcp is not None and started.engine.has_open_mcp_calls()
+
+    async def _mcp_calls(self, started: Started) -> AsyncIterator[Event]:
+        """Runs the calls the model made in this round, one after another, each ending its `mcp_call` item."""
+        mcp, engine = started.mcp, started.engine
+        assert mcp is not None
+        for index in list(engine.pending_mcp):
+            call = engine.response.output[index].mcp_call
+            outcome = await execute(mcp.servers[call.server_label], call.name, call.arguments, self._config.mcp,
+                                    mcp.deadline)
+            for event in engine.mcp_call_result(index, outcome.output, outcome.error):
+                yield event
+            if outcome.out_of_time:
+                engine.stop("mcp_time_budget")
+
+    def _mcp_continues(self, started: Started, finish_reason: str | None, round_start: int) -> bool:
+        """Another upstream call follows unless the turn ends here: the client has calls to answer (its own
+        functions, approvals), a limit was hit, or the upstream stopped for another reason."""
+        engine, mcp = started.engine, started.mcp
+        assert mcp is not None
+        if finish_reason not in (None, "stop", "tool_calls") or engine.stopped or engine.client_action_due(round_start):
+            return False
+        if time.monotonic() >= mcp.deadline:
+            engine.stop("mcp_time_budget")
+            return False
+        return True
+
+    async def _next_round(self, started: Started, round_start: int) -> Delta | None:
+        """Starts the next upstream call with this round's output and returns its first delta."""
+        assert started.turn is not None
+        output = list(started.engine.response.output)[round_start:]
+        turn = dataclasses.replace(started.turn, items=[*started.turn.items, *for_upstream(output, self._sealer)])
+        choice = turn.tool_choice
+        if choice is not None and (choice.WhichOneof("choice") != "mode"
+                                   or choice.mode == tools_pb2.TOOL_CHOICE_MODE_REQUIRED):
+            # A forced tool call was made: the model may now answer.
+            turn.tool_choice = tools_pb2.ToolChoice(mode=tools_pb2.TOOL_CHOICE_MODE_AUTO)
+        started.turn = turn
+        await started.deltas.aclose()
+        started.deltas = self._providers[started.attempt.endpoint.provider].stream(turn)
+        with trace.use_span(started.span, end_on_exit=False):
+            return await anext(started.deltas, None)
 
     # ------------------------------------------------------------ telemetry
 

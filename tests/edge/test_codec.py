@@ -227,7 +227,8 @@ def test_failure_events_are_valid() -> None:
 
 
 def test_every_event_type_is_covered() -> None:
-    """The proto's event oneof mirrors the spec's 24 event types, and each arm encodes to a valid event."""
+    """The proto's event oneof mirrors the spec's 24 event types (plus OpenAI's MCP tool events, which the spec
+    lacks), and each arm encodes to a valid event."""
     arms = events_pb2.StreamEvent.DESCRIPTOR.oneofs_by_name["event"].fields
     tags = {codec._opt(f, codec.json_pb2.type_tag) for f in arms}
     renames = codec.open_responses_tags(events_pb2.StreamEvent.DESCRIPTOR)

@@ -29,7 +29,7 @@ JSON = dict[str, Any]
 REQUESTS: list[JSON] = []
 STATS: dict[str, int] = {"cancelled": 0, "completed": 0}
 MODELS = ("echo", "fixed-200", "fail-500", "fail-429", "fail-400", "drop-mid-stream", "slow-300",
-          "tool-call", "reasoning", "hang", "stall-mid-stream", "trickle-500")
+          "tool-call", "tool-each", "reasoning", "hang", "stall-mid-stream", "trickle-500")
 _FAILS: dict[str, tuple[int, str, str | None, str]] = {
     "fail-500": (500, "server_error", None, "The server had an error while processing your request."),
     "fail-429": (429, "requests", "rate_limit_exceeded", "Rate limit reached for requests (fake fail-429)."),
@@ -76,12 +76,13 @@ def _error(status: int, etype: str, code: str | None, message: str) -> tuple[int
 
 
 class _Reply:
-    __slots__ = ("content", "finish", "reasoning", "tool", "usage")
+    __slots__ = ("arguments", "content", "finish", "reasoning", "tool", "usage")
 
     def __init__(self) -> None:
         self.content: list[str] = []
         self.reasoning: list[str] = []
         self.tool: tuple[str, str] | None = None  # (call id, function name)
+        self.arguments = '{"x": 1}'
         self.finish = "stop"
         self.usage: JSON = {}
 
@@ -106,6 +107,24 @@ def _drip(model: str) -> tuple[int, int] | None:
     return None
 
 
+def _schema_arguments(schema: Any) -> str:
+    """Arguments that fit a JSON Schema: 2 for integers, 30 for numbers, "hi" for strings."""
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    values = {"integer": 2, "number": 30, "string": "hi", "boolean": True}
+    return orjson.dumps({name: values.get(str(p.get("type")), "hi") for name, p in (properties or {}).items()
+                         if isinstance(p, dict)}).decode()
+
+
+def _next_tool(body: JSON, messages: list[Any]) -> JSON | None:
+    """`tool-each`: the first declared function not called yet in this conversation (`mcp__` ones first)."""
+    called = {c.get("function", {}).get("name") for m in messages if isinstance(m, dict)
+              for c in (m.get("tool_calls") or []) if isinstance(c, dict)}
+    functions = [t.get("function") for t in body.get("tools") or [] if isinstance(t, dict)]
+    ordered = sorted((f for f in functions if isinstance(f, dict)),
+                     key=lambda f: not str(f.get("name", "")).startswith("mcp__"))
+    return next((f for f in ordered if f.get("name") not in called), None)
+
+
 def _build_reply(body: JSON, model: str) -> _Reply:
     r = _Reply()
     msgs = body.get("messages")
@@ -123,6 +142,14 @@ def _build_reply(body: JSON, model: str) -> _Reply:
         r.tool, r.finish = ("call_" + secrets.token_hex(12), tool_name), "tool_calls"
         r.usage = _usage(prompt, 3)
         return r
+    elif model == "tool-each" and (function := _next_tool(body, messages)) is not None:
+        r.tool, r.finish = ("call_" + secrets.token_hex(12), str(function["name"])), "tool_calls"
+        r.arguments = _schema_arguments(function.get("parameters"))
+        r.usage = _usage(prompt, 3)
+        return r
+    elif model == "tool-each":
+        results = [_text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "tool"]
+        r.content = _words("tool said: " + " | ".join(results))
     else:
         user = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), {})
         r.content = _words("echo: " + _text(user.get("content")))
@@ -142,7 +169,7 @@ def _completion(r: _Reply, model: str) -> bytes:
         msg["reasoning_content"] = "".join(r.reasoning)
     if r.tool is not None:
         msg["tool_calls"] = [{"id": r.tool[0], "type": "function",
-                              "function": {"name": r.tool[1], "arguments": '{"x": 1}'}}]
+                              "function": {"name": r.tool[1], "arguments": r.arguments}}]
     return orjson.dumps({
         "id": "chatcmpl-" + secrets.token_hex(14), "object": "chat.completion", "created": int(time.time()),
         "model": model, "choices": [{"index": 0, "message": msg, "logprobs": None, "finish_reason": r.finish}],
@@ -175,7 +202,7 @@ def _stream(r: _Reply, model: str, include_usage: bool, top_logprobs: int | None
     if r.tool is not None:
         head = {"index": 0, "id": r.tool[0], "type": "function", "function": {"name": r.tool[1], "arguments": ""}}
         parts.append(chunk({"tool_calls": [head]}))
-        for frag in ('{"x"', ": 1}"):
+        for frag in (r.arguments[:4], r.arguments[4:]):
             parts.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": frag}}]}))
     cache: dict[str, bytes] = {}
     for piece in r.content:

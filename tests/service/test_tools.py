@@ -23,8 +23,9 @@ def request(**body: Any) -> responses_service_pb2.CreateResponseRequest:
 
 @pytest.mark.parametrize(("body", "upstream", "allowed", "omitted"), [
     ({"tools": [FN]}, ["get"], {"get"}, ()),
+    # `mcp` tools are run by the gateway (service.mcp): their functions join once the server is listed.
     ({"tools": [FN, {"type": "web_search"}, {"type": "mcp", "server_label": "x"}]}, ["get"], {"get"},
-     ("web_search", "mcp")),
+     ("web_search",)),
     ({"tools": [FN], "tool_choice": "none"}, ["get"], set(), ()),
     ({"tools": [FN, {**FN, "name": "put"}], "tool_choice": {"type": "function", "name": "put"}}, ["get", "put"],
      {"put"}, ()),

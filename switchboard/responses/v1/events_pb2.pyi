@@ -52,6 +52,14 @@ class StreamEvent(_message.Message):
     REASONING_SUMMARY_TEXT_DELTA_FIELD_NUMBER: _builtins.int
     REASONING_SUMMARY_TEXT_DONE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    MCP_LIST_TOOLS_IN_PROGRESS_FIELD_NUMBER: _builtins.int
+    MCP_LIST_TOOLS_COMPLETED_FIELD_NUMBER: _builtins.int
+    MCP_LIST_TOOLS_FAILED_FIELD_NUMBER: _builtins.int
+    MCP_CALL_ARGUMENTS_DELTA_FIELD_NUMBER: _builtins.int
+    MCP_CALL_ARGUMENTS_DONE_FIELD_NUMBER: _builtins.int
+    MCP_CALL_IN_PROGRESS_FIELD_NUMBER: _builtins.int
+    MCP_CALL_COMPLETED_FIELD_NUMBER: _builtins.int
+    MCP_CALL_FAILED_FIELD_NUMBER: _builtins.int
     sequence_number: _builtins.int
     """Required. Increases by one with every event of the stream, from 0."""
     @_builtins.property
@@ -150,6 +158,38 @@ class StreamEvent(_message.Message):
     def error(self) -> Global___ErrorEvent:
         """An error during the stream; `response.failed` follows."""
 
+    @_builtins.property
+    def mcp_list_tools_in_progress(self) -> Global___McpItemEvent:
+        """The gateway is listing the tools of an MCP server."""
+
+    @_builtins.property
+    def mcp_list_tools_completed(self) -> Global___McpItemEvent:
+        """The tools of an MCP server are listed."""
+
+    @_builtins.property
+    def mcp_list_tools_failed(self) -> Global___McpItemEvent:
+        """Listing the tools of an MCP server failed."""
+
+    @_builtins.property
+    def mcp_call_arguments_delta(self) -> Global___McpCallArgumentsDeltaEvent:
+        """Argument text appended to an MCP call."""
+
+    @_builtins.property
+    def mcp_call_arguments_done(self) -> Global___McpCallArgumentsDoneEvent:
+        """Final arguments of an MCP call."""
+
+    @_builtins.property
+    def mcp_call_in_progress(self) -> Global___McpItemEvent:
+        """An MCP call is running."""
+
+    @_builtins.property
+    def mcp_call_completed(self) -> Global___McpItemEvent:
+        """An MCP call returned."""
+
+    @_builtins.property
+    def mcp_call_failed(self) -> Global___McpItemEvent:
+        """An MCP call failed."""
+
     def __init__(
         self,
         *,
@@ -178,12 +218,20 @@ class StreamEvent(_message.Message):
         reasoning_summary_text_delta: Global___SummaryTextDeltaEvent | None = ...,
         reasoning_summary_text_done: Global___SummaryTextDoneEvent | None = ...,
         error: Global___ErrorEvent | None = ...,
+        mcp_list_tools_in_progress: Global___McpItemEvent | None = ...,
+        mcp_list_tools_completed: Global___McpItemEvent | None = ...,
+        mcp_list_tools_failed: Global___McpItemEvent | None = ...,
+        mcp_call_arguments_delta: Global___McpCallArgumentsDeltaEvent | None = ...,
+        mcp_call_arguments_done: Global___McpCallArgumentsDoneEvent | None = ...,
+        mcp_call_in_progress: Global___McpItemEvent | None = ...,
+        mcp_call_completed: Global___McpItemEvent | None = ...,
+        mcp_call_failed: Global___McpItemEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content_part_added", b"content_part_added", "content_part_done", b"content_part_done", "error", b"error", "event", b"event", "function_call_arguments_delta", b"function_call_arguments_delta", "function_call_arguments_done", b"function_call_arguments_done", "output_item_added", b"output_item_added", "output_item_done", b"output_item_done", "output_text_annotation_added", b"output_text_annotation_added", "output_text_delta", b"output_text_delta", "output_text_done", b"output_text_done", "reasoning_delta", b"reasoning_delta", "reasoning_done", b"reasoning_done", "reasoning_summary_part_added", b"reasoning_summary_part_added", "reasoning_summary_part_done", b"reasoning_summary_part_done", "reasoning_summary_text_delta", b"reasoning_summary_text_delta", "reasoning_summary_text_done", b"reasoning_summary_text_done", "refusal_delta", b"refusal_delta", "refusal_done", b"refusal_done", "response_completed", b"response_completed", "response_created", b"response_created", "response_failed", b"response_failed", "response_in_progress", b"response_in_progress", "response_incomplete", b"response_incomplete", "response_queued", b"response_queued"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content_part_added", b"content_part_added", "content_part_done", b"content_part_done", "error", b"error", "event", b"event", "function_call_arguments_delta", b"function_call_arguments_delta", "function_call_arguments_done", b"function_call_arguments_done", "mcp_call_arguments_delta", b"mcp_call_arguments_delta", "mcp_call_arguments_done", b"mcp_call_arguments_done", "mcp_call_completed", b"mcp_call_completed", "mcp_call_failed", b"mcp_call_failed", "mcp_call_in_progress", b"mcp_call_in_progress", "mcp_list_tools_completed", b"mcp_list_tools_completed", "mcp_list_tools_failed", b"mcp_list_tools_failed", "mcp_list_tools_in_progress", b"mcp_list_tools_in_progress", "output_item_added", b"output_item_added", "output_item_done", b"output_item_done", "output_text_annotation_added", b"output_text_annotation_added", "output_text_delta", b"output_text_delta", "output_text_done", b"output_text_done", "reasoning_delta", b"reasoning_delta", "reasoning_done", b"reasoning_done", "reasoning_summary_part_added", b"reasoning_summary_part_added", "reasoning_summary_part_done", b"reasoning_summary_part_done", "reasoning_summary_text_delta", b"reasoning_summary_text_delta", "reasoning_summary_text_done", b"reasoning_summary_text_done", "refusal_delta", b"refusal_delta", "refusal_done", b"refusal_done", "response_completed", b"response_completed", "response_created", b"response_created", "response_failed", b"response_failed", "response_in_progress", b"response_in_progress", "response_incomplete", b"response_incomplete", "response_queued", b"response_queued"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_part_added", b"content_part_added", "content_part_done", b"content_part_done", "error", b"error", "event", b"event", "function_call_arguments_delta", b"function_call_arguments_delta", "function_call_arguments_done", b"function_call_arguments_done", "output_item_added", b"output_item_added", "output_item_done", b"output_item_done", "output_text_annotation_added", b"output_text_annotation_added", "output_text_delta", b"output_text_delta", "output_text_done", b"output_text_done", "reasoning_delta", b"reasoning_delta", "reasoning_done", b"reasoning_done", "reasoning_summary_part_added", b"reasoning_summary_part_added", "reasoning_summary_part_done", b"reasoning_summary_part_done", "reasoning_summary_text_delta", b"reasoning_summary_text_delta", "reasoning_summary_text_done", b"reasoning_summary_text_done", "refusal_delta", b"refusal_delta", "refusal_done", b"refusal_done", "response_completed", b"response_completed", "response_created", b"response_created", "response_failed", b"response_failed", "response_in_progress", b"response_in_progress", "response_incomplete", b"response_incomplete", "response_queued", b"response_queued", "sequence_number", b"sequence_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_part_added", b"content_part_added", "content_part_done", b"content_part_done", "error", b"error", "event", b"event", "function_call_arguments_delta", b"function_call_arguments_delta", "function_call_arguments_done", b"function_call_arguments_done", "mcp_call_arguments_delta", b"mcp_call_arguments_delta", "mcp_call_arguments_done", b"mcp_call_arguments_done", "mcp_call_completed", b"mcp_call_completed", "mcp_call_failed", b"mcp_call_failed", "mcp_call_in_progress", b"mcp_call_in_progress", "mcp_list_tools_completed", b"mcp_list_tools_completed", "mcp_list_tools_failed", b"mcp_list_tools_failed", "mcp_list_tools_in_progress", b"mcp_list_tools_in_progress", "output_item_added", b"output_item_added", "output_item_done", b"output_item_done", "output_text_annotation_added", b"output_text_annotation_added", "output_text_delta", b"output_text_delta", "output_text_done", b"output_text_done", "reasoning_delta", b"reasoning_delta", "reasoning_done", b"reasoning_done", "reasoning_summary_part_added", b"reasoning_summary_part_added", "reasoning_summary_part_done", b"reasoning_summary_part_done", "reasoning_summary_text_delta", b"reasoning_summary_text_delta", "reasoning_summary_text_done", b"reasoning_summary_text_done", "refusal_delta", b"refusal_delta", "refusal_done", b"refusal_done", "response_completed", b"response_completed", "response_created", b"response_created", "response_failed", b"response_failed", "response_in_progress", b"response_in_progress", "response_incomplete", b"response_incomplete", "response_queued", b"response_queued", "sequence_number", b"sequence_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["response_created", "response_queued", "response_in_progress", "response_completed", "response_failed", "response_incomplete", "output_item_added", "output_item_done", "content_part_added", "content_part_done", "output_text_delta", "output_text_done", "output_text_annotation_added", "refusal_delta", "refusal_done", "function_call_arguments_delta", "function_call_arguments_done", "reasoning_delta", "reasoning_done", "reasoning_summary_part_added", "reasoning_summary_part_done", "reasoning_summary_text_delta", "reasoning_summary_text_done", "error"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["response_created", "response_queued", "response_in_progress", "response_completed", "response_failed", "response_incomplete", "output_item_added", "output_item_done", "content_part_added", "content_part_done", "output_text_delta", "output_text_done", "output_text_annotation_added", "refusal_delta", "refusal_done", "function_call_arguments_delta", "function_call_arguments_done", "reasoning_delta", "reasoning_done", "reasoning_summary_part_added", "reasoning_summary_part_done", "reasoning_summary_text_delta", "reasoning_summary_text_done", "error", "mcp_list_tools_in_progress", "mcp_list_tools_completed", "mcp_list_tools_failed", "mcp_call_arguments_delta", "mcp_call_arguments_done", "mcp_call_in_progress", "mcp_call_completed", "mcp_call_failed"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -796,3 +844,95 @@ class ErrorPayload(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__param) -> _WhichOneofReturnType__param | None: ...
 
 Global___ErrorPayload: _TypeAlias = ErrorPayload  # noqa: Y015
+
+@_typing.final
+class McpItemEvent(_message.Message):
+    """An event about an MCP item (a listing or a call)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    OUTPUT_INDEX_FIELD_NUMBER: _builtins.int
+    item_id: _builtins.str
+    """Required. The item's id."""
+    output_index: _builtins.int
+    """Required. The item's index in `output`."""
+    def __init__(
+        self,
+        *,
+        item_id: _builtins.str = ...,
+        output_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "output_index", b"output_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___McpItemEvent: _TypeAlias = McpItemEvent  # noqa: Y015
+
+@_typing.final
+class McpCallArgumentsDeltaEvent(_message.Message):
+    """Argument text appended to an MCP call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    OUTPUT_INDEX_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    OBFUSCATION_FIELD_NUMBER: _builtins.int
+    item_id: _builtins.str
+    """Required. The item's id."""
+    output_index: _builtins.int
+    """Required. The item's index in `output`."""
+    delta: _builtins.str
+    """Required. The appended JSON text."""
+    obfuscation: _builtins.str
+    """Optional. Padding that hides the delta's length."""
+    def __init__(
+        self,
+        *,
+        item_id: _builtins.str = ...,
+        output_index: _builtins.int = ...,
+        delta: _builtins.str = ...,
+        obfuscation: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_obfuscation", b"_obfuscation", "obfuscation", b"obfuscation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_obfuscation", b"_obfuscation", "delta", b"delta", "item_id", b"item_id", "obfuscation", b"obfuscation", "output_index", b"output_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__obfuscation: _TypeAlias = _typing.Literal["obfuscation"]  # noqa: Y015
+    _WhichOneofArgType__obfuscation: _TypeAlias = _typing.Literal["_obfuscation", b"_obfuscation"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__obfuscation) -> _WhichOneofReturnType__obfuscation | None: ...
+
+Global___McpCallArgumentsDeltaEvent: _TypeAlias = McpCallArgumentsDeltaEvent  # noqa: Y015
+
+@_typing.final
+class McpCallArgumentsDoneEvent(_message.Message):
+    """The final arguments of an MCP call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    OUTPUT_INDEX_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    item_id: _builtins.str
+    """Required. The item's id."""
+    output_index: _builtins.int
+    """Required. The item's index in `output`."""
+    arguments: _builtins.str
+    """Required. The full arguments, a JSON string."""
+    def __init__(
+        self,
+        *,
+        item_id: _builtins.str = ...,
+        output_index: _builtins.int = ...,
+        arguments: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "item_id", b"item_id", "output_index", b"output_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___McpCallArgumentsDoneEvent: _TypeAlias = McpCallArgumentsDoneEvent  # noqa: Y015

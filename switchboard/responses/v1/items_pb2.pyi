@@ -105,6 +105,42 @@ MESSAGE_PHASE_FINAL_ANSWER: MessagePhase.ValueType  # 2
 """The final answer."""
 Global___MessagePhase: _TypeAlias = MessagePhase  # noqa: Y015
 
+class _McpCallStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _McpCallStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_McpCallStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MCP_CALL_STATUS_UNSPECIFIED: _McpCallStatus.ValueType  # 0
+    """Not set."""
+    MCP_CALL_STATUS_IN_PROGRESS: _McpCallStatus.ValueType  # 1
+    """The call is being prepared."""
+    MCP_CALL_STATUS_COMPLETED: _McpCallStatus.ValueType  # 2
+    """The call returned."""
+    MCP_CALL_STATUS_INCOMPLETE: _McpCallStatus.ValueType  # 3
+    """The call was cut short."""
+    MCP_CALL_STATUS_CALLING: _McpCallStatus.ValueType  # 4
+    """The server is running the call."""
+    MCP_CALL_STATUS_FAILED: _McpCallStatus.ValueType  # 5
+    """The call failed."""
+
+class McpCallStatus(_McpCallStatus, metaclass=_McpCallStatusEnumTypeWrapper):
+    """The status of an MCP call."""
+
+MCP_CALL_STATUS_UNSPECIFIED: McpCallStatus.ValueType  # 0
+"""Not set."""
+MCP_CALL_STATUS_IN_PROGRESS: McpCallStatus.ValueType  # 1
+"""The call is being prepared."""
+MCP_CALL_STATUS_COMPLETED: McpCallStatus.ValueType  # 2
+"""The call returned."""
+MCP_CALL_STATUS_INCOMPLETE: McpCallStatus.ValueType  # 3
+"""The call was cut short."""
+MCP_CALL_STATUS_CALLING: McpCallStatus.ValueType  # 4
+"""The server is running the call."""
+MCP_CALL_STATUS_FAILED: McpCallStatus.ValueType  # 5
+"""The call failed."""
+Global___McpCallStatus: _TypeAlias = McpCallStatus  # noqa: Y015
+
 @_typing.final
 class Item(_message.Message):
     """An input or output item, discriminated by `type`."""
@@ -117,6 +153,10 @@ class Item(_message.Message):
     REASONING_FIELD_NUMBER: _builtins.int
     COMPACTION_FIELD_NUMBER: _builtins.int
     ITEM_REFERENCE_FIELD_NUMBER: _builtins.int
+    MCP_LIST_TOOLS_FIELD_NUMBER: _builtins.int
+    MCP_CALL_FIELD_NUMBER: _builtins.int
+    MCP_APPROVAL_REQUEST_FIELD_NUMBER: _builtins.int
+    MCP_APPROVAL_RESPONSE_FIELD_NUMBER: _builtins.int
     OTHER_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def message(self) -> Global___Message:
@@ -143,6 +183,22 @@ class Item(_message.Message):
         """A reference to an earlier item by id. `type` may be omitted."""
 
     @_builtins.property
+    def mcp_list_tools(self) -> Global___McpListTools:
+        """The tools an MCP server offers, listed by the gateway."""
+
+    @_builtins.property
+    def mcp_call(self) -> Global___McpCall:
+        """A call of an MCP tool, made by the gateway."""
+
+    @_builtins.property
+    def mcp_approval_request(self) -> Global___McpApprovalRequest:
+        """A request for the client's approval of an MCP call."""
+
+    @_builtins.property
+    def mcp_approval_response(self) -> Global___McpApprovalResponse:
+        """The client's answer to an approval request."""
+
+    @_builtins.property
     def other(self) -> _struct_pb2.Struct:
         """An item of a type this version does not model, kept verbatim."""
 
@@ -155,13 +211,17 @@ class Item(_message.Message):
         reasoning: Global___ReasoningItem | None = ...,
         compaction: Global___CompactionItem | None = ...,
         item_reference: Global___ItemReference | None = ...,
+        mcp_list_tools: Global___McpListTools | None = ...,
+        mcp_call: Global___McpCall | None = ...,
+        mcp_approval_request: Global___McpApprovalRequest | None = ...,
+        mcp_approval_response: Global___McpApprovalResponse | None = ...,
         other: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["compaction", b"compaction", "function_call", b"function_call", "function_call_output", b"function_call_output", "item", b"item", "item_reference", b"item_reference", "message", b"message", "other", b"other", "reasoning", b"reasoning"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compaction", b"compaction", "function_call", b"function_call", "function_call_output", b"function_call_output", "item", b"item", "item_reference", b"item_reference", "mcp_approval_request", b"mcp_approval_request", "mcp_approval_response", b"mcp_approval_response", "mcp_call", b"mcp_call", "mcp_list_tools", b"mcp_list_tools", "message", b"message", "other", b"other", "reasoning", b"reasoning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compaction", b"compaction", "function_call", b"function_call", "function_call_output", b"function_call_output", "item", b"item", "item_reference", b"item_reference", "message", b"message", "other", b"other", "reasoning", b"reasoning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compaction", b"compaction", "function_call", b"function_call", "function_call_output", b"function_call_output", "item", b"item", "item_reference", b"item_reference", "mcp_approval_request", b"mcp_approval_request", "mcp_approval_response", b"mcp_approval_response", "mcp_call", b"mcp_call", "mcp_list_tools", b"mcp_list_tools", "message", b"message", "other", b"other", "reasoning", b"reasoning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["message", "function_call", "function_call_output", "reasoning", "compaction", "item_reference", "other"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["message", "function_call", "function_call_output", "reasoning", "compaction", "item_reference", "mcp_list_tools", "mcp_call", "mcp_approval_request", "mcp_approval_response", "other"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
@@ -427,3 +487,340 @@ class ItemReference(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ItemReference: _TypeAlias = ItemReference  # noqa: Y015
+
+@_typing.final
+class McpListTools(_message.Message):
+    """The tools an MCP server offers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SERVER_LABEL_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Output only. Required on output items; optional on input. The item id."""
+    server_label: _builtins.str
+    """Required. The label of the server."""
+    error: _builtins.str
+    """Optional. Why listing failed."""
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___McpToolInfo]:
+        """Required. The tools, after `allowed_tools`."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str | None = ...,
+        server_label: _builtins.str = ...,
+        tools: _abc.Iterable[Global___McpToolInfo] | None = ...,
+        error: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "_id", b"_id", "error", b"error", "id", b"id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "_id", b"_id", "error", b"error", "id", b"id", "server_label", b"server_label", "tools", b"tools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__error: _TypeAlias = _typing.Literal["error"]  # noqa: Y015
+    _WhichOneofArgType__error: _TypeAlias = _typing.Literal["_error", b"_error"]  # noqa: Y015
+    _WhichOneofReturnType__id: _TypeAlias = _typing.Literal["id"]  # noqa: Y015
+    _WhichOneofArgType__id: _TypeAlias = _typing.Literal["_id", b"_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__error) -> _WhichOneofReturnType__error | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__id) -> _WhichOneofReturnType__id | None: ...
+
+Global___McpListTools: _TypeAlias = McpListTools  # noqa: Y015
+
+@_typing.final
+class McpToolInfo(_message.Message):
+    """One tool of an MCP server."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    INPUT_SCHEMA_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required. The tool name."""
+    description: _builtins.str
+    """Optional. What the tool does."""
+    @_builtins.property
+    def input_schema(self) -> _struct_pb2.Struct:
+        """Required. JSON Schema of the arguments."""
+
+    @_builtins.property
+    def annotations(self) -> _struct_pb2.Struct:
+        """Optional. The server's annotations of the tool."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        input_schema: _struct_pb2.Struct | None = ...,
+        description: _builtins.str | None = ...,
+        annotations: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "annotations", b"annotations", "description", b"description", "input_schema", b"input_schema"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "annotations", b"annotations", "description", b"description", "input_schema", b"input_schema", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
+    _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__description) -> _WhichOneofReturnType__description | None: ...
+
+Global___McpToolInfo: _TypeAlias = McpToolInfo  # noqa: Y015
+
+@_typing.final
+class McpCall(_message.Message):
+    """A call of an MCP tool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SERVER_LABEL_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    APPROVAL_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Output only. Required on output items; optional on input. The item id."""
+    server_label: _builtins.str
+    """Required. The label of the server."""
+    name: _builtins.str
+    """Required. The tool name."""
+    arguments: _builtins.str
+    """Required. The arguments, a JSON string."""
+    output: _builtins.str
+    """Optional. What the tool returned."""
+    approval_request_id: _builtins.str
+    """Optional. The approval request this call answers."""
+    status: Global___McpCallStatus.ValueType
+    """Optional. The status of the call."""
+    @_builtins.property
+    def error(self) -> Global___McpCallError:
+        """Optional. Why the call failed."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str | None = ...,
+        server_label: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _builtins.str = ...,
+        output: _builtins.str | None = ...,
+        error: Global___McpCallError | None = ...,
+        approval_request_id: _builtins.str | None = ...,
+        status: Global___McpCallStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_approval_request_id", b"_approval_request_id", "_id", b"_id", "_output", b"_output", "approval_request_id", b"approval_request_id", "error", b"error", "id", b"id", "output", b"output"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_approval_request_id", b"_approval_request_id", "_id", b"_id", "_output", b"_output", "approval_request_id", b"approval_request_id", "arguments", b"arguments", "error", b"error", "id", b"id", "name", b"name", "output", b"output", "server_label", b"server_label", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__approval_request_id: _TypeAlias = _typing.Literal["approval_request_id"]  # noqa: Y015
+    _WhichOneofArgType__approval_request_id: _TypeAlias = _typing.Literal["_approval_request_id", b"_approval_request_id"]  # noqa: Y015
+    _WhichOneofReturnType__id: _TypeAlias = _typing.Literal["id"]  # noqa: Y015
+    _WhichOneofArgType__id: _TypeAlias = _typing.Literal["_id", b"_id"]  # noqa: Y015
+    _WhichOneofReturnType__output: _TypeAlias = _typing.Literal["output"]  # noqa: Y015
+    _WhichOneofArgType__output: _TypeAlias = _typing.Literal["_output", b"_output"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__approval_request_id) -> _WhichOneofReturnType__approval_request_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__id) -> _WhichOneofReturnType__id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__output) -> _WhichOneofReturnType__output | None: ...
+
+Global___McpCall: _TypeAlias = McpCall  # noqa: Y015
+
+@_typing.final
+class McpCallError(_message.Message):
+    """Why an MCP call failed, discriminated by `type`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    EXECUTION_FIELD_NUMBER: _builtins.int
+    HTTP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def protocol(self) -> Global___McpProtocolError:
+        """The server answered with an MCP (JSON-RPC) error."""
+
+    @_builtins.property
+    def execution(self) -> Global___McpToolExecutionError:
+        """The tool ran and reported an error."""
+
+    @_builtins.property
+    def http(self) -> Global___McpHttpError:
+        """The server could not be reached or answered with an HTTP error."""
+
+    def __init__(
+        self,
+        *,
+        protocol: Global___McpProtocolError | None = ...,
+        execution: Global___McpToolExecutionError | None = ...,
+        http: Global___McpHttpError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "execution", b"execution", "http", b"http", "protocol", b"protocol"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "execution", b"execution", "http", b"http", "protocol", b"protocol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_error: _TypeAlias = _typing.Literal["protocol", "execution", "http"]  # noqa: Y015
+    _WhichOneofArgType_error: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_error) -> _WhichOneofReturnType_error | None: ...
+
+Global___McpCallError: _TypeAlias = McpCallError  # noqa: Y015
+
+@_typing.final
+class McpProtocolError(_message.Message):
+    """An MCP (JSON-RPC) error."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """Required. The JSON-RPC error code."""
+    message: _builtins.str
+    """Required. The error message."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___McpProtocolError: _TypeAlias = McpProtocolError  # noqa: Y015
+
+@_typing.final
+class McpToolExecutionError(_message.Message):
+    """An error reported by the tool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def content(self) -> _struct_pb2.Value:
+        """Required. The tool's content blocks."""
+
+    def __init__(
+        self,
+        *,
+        content: _struct_pb2.Value | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___McpToolExecutionError: _TypeAlias = McpToolExecutionError  # noqa: Y015
+
+@_typing.final
+class McpHttpError(_message.Message):
+    """An HTTP or connection error."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """Required. The HTTP status, 0 when the server could not be reached."""
+    message: _builtins.str
+    """Required. The error message."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___McpHttpError: _TypeAlias = McpHttpError  # noqa: Y015
+
+@_typing.final
+class McpApprovalRequest(_message.Message):
+    """A request for the client's approval of an MCP call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SERVER_LABEL_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Output only. Required on output items; optional on input. The item id; the approval response names it."""
+    server_label: _builtins.str
+    """Required. The label of the server."""
+    name: _builtins.str
+    """Required. The tool name."""
+    arguments: _builtins.str
+    """Required. The arguments, a JSON string."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str | None = ...,
+        server_label: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "id", b"id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "arguments", b"arguments", "id", b"id", "name", b"name", "server_label", b"server_label"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__id: _TypeAlias = _typing.Literal["id"]  # noqa: Y015
+    _WhichOneofArgType__id: _TypeAlias = _typing.Literal["_id", b"_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__id) -> _WhichOneofReturnType__id | None: ...
+
+Global___McpApprovalRequest: _TypeAlias = McpApprovalRequest  # noqa: Y015
+
+@_typing.final
+class McpApprovalResponse(_message.Message):
+    """The client's answer to an approval request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    APPROVAL_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    APPROVE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Optional. The item id."""
+    approval_request_id: _builtins.str
+    """Required. The approval request this answers."""
+    approve: _builtins.bool
+    """Required. Whether the call may run."""
+    reason: _builtins.str
+    """Optional. Why."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str | None = ...,
+        approval_request_id: _builtins.str = ...,
+        approve: _builtins.bool = ...,
+        reason: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "_reason", b"_reason", "id", b"id", "reason", b"reason"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "_reason", b"_reason", "approval_request_id", b"approval_request_id", "approve", b"approve", "id", b"id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__id: _TypeAlias = _typing.Literal["id"]  # noqa: Y015
+    _WhichOneofArgType__id: _TypeAlias = _typing.Literal["_id", b"_id"]  # noqa: Y015
+    _WhichOneofReturnType__reason: _TypeAlias = _typing.Literal["reason"]  # noqa: Y015
+    _WhichOneofArgType__reason: _TypeAlias = _typing.Literal["_reason", b"_reason"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__id) -> _WhichOneofReturnType__id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reason) -> _WhichOneofReturnType__reason | None: ...
+
+Global___McpApprovalResponse: _TypeAlias = McpApprovalResponse  # noqa: Y015

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from switchboard.responses.v1 import json_pb2 as switchboard_dot_responses_dot_v1_dot_json__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$switchboard/responses/v1/tools.proto\x12\x18switchboard.responses.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a#switchboard/responses/v1/json.proto\"\xd5\x01\n\x04Tool\x12H\n\x08\x66unction\x18\x01 \x01(\x0b\x32&.switchboard.responses.v1.FunctionToolB\x0c\xaa\xbb\x18\x08\x66unctionH\x00\x12K\n\tnamespace\x18\x02 \x01(\x0b\x32\'.switchboard.responses.v1.NamespaceToolB\r\xaa\xbb\x18\tnamespaceH\x00\x12.\n\x05other\x18\x0f \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xb8\xbb\x18\x01H\x00\x42\x06\n\x04tool\"\xa5\x01\n\x0c\x46unctionTool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x04\xb0\xbb\x18\x01H\x00\x88\x01\x01\x12\x31\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xb0\xbb\x18\x01\x12\x19\n\x06strict\x18\x04 \x01(\x08\x42\x04\xb0\xbb\x18\x01H\x01\x88\x01\x01\x42\x0e\n\x0c_descriptionB\t\n\x07_strict\"a\n\rNamespaceTool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12-\n\x05tools\x18\x03 \x03(\x0b\x32\x1e.switchboard.responses.v1.Tool\"\xfa\x01\n\nToolChoice\x12\x38\n\x04mode\x18\x01 \x01(\x0e\x32(.switchboard.responses.v1.ToolChoiceModeH\x00\x12N\n\x08\x66unction\x18\x02 \x01(\x0b\x32,.switchboard.responses.v1.FunctionToolChoiceB\x0c\xaa\xbb\x18\x08\x66unctionH\x00\x12X\n\rallowed_tools\x18\x03 \x01(\x0b\x32,.switchboard.responses.v1.AllowedToolsChoiceB\x11\xaa\xbb\x18\rallowed_toolsH\x00\x42\x08\n\x06\x63hoice\"\"\n\x12\x46unctionToolChoice\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x97\x01\n\rToolReference\x12N\n\x08\x66unction\x18\x01 \x01(\x0b\x32,.switchboard.responses.v1.FunctionToolChoiceB\x0c\xaa\xbb\x18\x08\x66unctionH\x00\x12.\n\x05other\x18\x0f \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xb8\xbb\x18\x01H\x00\x42\x06\n\x04tool\"\x84\x01\n\x12\x41llowedToolsChoice\x12\x36\n\x04mode\x18\x01 \x01(\x0e\x32(.switchboard.responses.v1.ToolChoiceMode\x12\x36\n\x05tools\x18\x02 \x03(\x0b\x32\'.switchboard.responses.v1.ToolReference*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$switchboard/responses/v1/tools.proto\x12\x18switchboard.responses.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a#switchboard/responses/v1/json.proto\"\x90\x02\n\x04Tool\x12H\n\x08\x66unction\x18\x01 \x01(\x0b\x32&.switchboard.responses.v1.FunctionToolB\x0c\xaa\xbb\x18\x08\x66unctionH\x00\x12K\n\tnamespace\x18\x02 \x01(\x0b\x32\'.switchboard.responses.v1.NamespaceToolB\r\xaa\xbb\x18\tnamespaceH\x00\x12\x39\n\x03mcp\x18\x03 \x01(\x0b\x32!.switchboard.responses.v1.McpToolB\x07\xaa\xbb\x18\x03mcpH\x00\x12.\n\x05other\x18\x0f \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xb8\xbb\x18\x01H\x00\x42\x06\n\x04tool\"\xa5\x01\n\x0c\x46unctionTool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x04\xb0\xbb\x18\x01H\x00\x88\x01\x01\x12\x31\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xb0\xbb\x18\x01\x12\x19\n\x06strict\x18\x04 \x01(\x08\x42\x04\xb0\xbb\x18\x01H\x01\x88\x01\x01\x42\x0e\n\x0c_descriptionB\t\n\x07_strict\"a\n\rNamespaceTool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12-\n\x05tools\x18\x03 \x03(\x0b\x32\x1e.switchboard.responses.v1.Tool\"\xcd\x04\n\x07McpTool\x12\x14\n\x0cserver_label\x18\x01 \x01(\t\x12\x17\n\nserver_url\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x46\n\rallowed_tools\x18\x03 \x01(\x0b\x32).switchboard.responses.v1.McpAllowedToolsB\x04\xb0\xbb\x18\x01\x12?\n\x07headers\x18\x04 \x03(\x0b\x32..switchboard.responses.v1.McpTool.HeadersEntry\x12L\n\x10require_approval\x18\x05 \x01(\x0b\x32,.switchboard.responses.v1.McpRequireApprovalB\x04\xb0\xbb\x18\x01\x12\x1f\n\x12server_description\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x1a\n\rauthorization\x18\x07 \x01(\tH\x02\x88\x01\x01\x12\x19\n\x0c\x63onnector_id\x18\x08 \x01(\tH\x03\x88\x01\x01\x12\x16\n\ttunnel_id\x18\t \x01(\tH\x04\x88\x01\x01\x12\x1a\n\rdefer_loading\x18\n \x01(\x08H\x05\x88\x01\x01\x12\x17\n\x0f\x61llowed_callers\x18\x0b \x03(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_server_urlB\x15\n\x13_server_descriptionB\x10\n\x0e_authorizationB\x0f\n\r_connector_idB\x0c\n\n_tunnel_idB\x10\n\x0e_defer_loading\"\x93\x01\n\x0fMcpAllowedTools\x12<\n\ntool_names\x18\x01 \x01(\x0b\x32&.switchboard.responses.v1.McpToolNamesH\x00\x12\x39\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\'.switchboard.responses.v1.McpToolFilterH\x00\x42\x07\n\x05value\"#\n\x0cMcpToolNames\x12\r\n\x05names\x18\x01 \x03(\t:\x04\xf8\xbb\x18\x01\"I\n\rMcpToolFilter\x12\x16\n\tread_only\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\ntool_names\x18\x02 \x03(\tB\x0c\n\n_read_only\"\x97\x01\n\x12McpRequireApproval\x12\x39\n\x04mode\x18\x01 \x01(\x0e\x32).switchboard.responses.v1.McpApprovalModeH\x00\x12=\n\x06\x66ilter\x18\x02 \x01(\x0b\x32+.switchboard.responses.v1.McpApprovalFilterH\x00\x42\x07\n\x05value\"\x84\x01\n\x11McpApprovalFilter\x12\x37\n\x06\x61lways\x18\x01 \x01(\x0b\x32\'.switchboard.responses.v1.McpToolFilter\x12\x36\n\x05never\x18\x02 \x01(\x0b\x32\'.switchboard.responses.v1.McpToolFilter\"\xfa\x01\n\nToolChoice\x12\x38\n\x04mode\x18\x01 \x01(\x0e\x32(.switchboard.responses.v1.ToolChoiceModeH\x00\x12N\n\x08\x66unction\x18\x02 \x01(\x0b\x32,.switchboard.responses.v1.FunctionToolChoiceB\x0c\xaa\xbb\x18\x08\x66unctionH\x00\x12X\n\rallowed_tools\x18\x03 \x01(\x0b\x32,.switchboard.responses.v1.AllowedToolsChoiceB\x11\xaa\xbb\x18\rallowed_toolsH\x00\x42\x08\n\x06\x63hoice\"\"\n\x12\x46unctionToolChoice\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x97\x01\n\rToolReference\x12N\n\x08\x66unction\x18\x01 \x01(\x0b\x32,.switchboard.responses.v1.FunctionToolChoiceB\x0c\xaa\xbb\x18\x08\x66unctionH\x00\x12.\n\x05other\x18\x0f \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xb8\xbb\x18\x01H\x00\x42\x06\n\x04tool\"\x84\x01\n\x12\x41llowedToolsChoice\x12\x36\n\x04mode\x18\x01 \x01(\x0e\x32(.switchboard.responses.v1.ToolChoiceMode\x12\x36\n\x05tools\x18\x02 \x03(\x0b\x32\'.switchboard.responses.v1.ToolReference*o\n\x0fMcpApprovalMode\x12!\n\x1dMCP_APPROVAL_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18MCP_APPROVAL_MODE_ALWAYS\x10\x01\x12\x1b\n\x17MCP_APPROVAL_MODE_NEVER\x10\x02*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOOL'].fields_by_name['function']._serialized_options = b'\252\273\030\010function'
   _globals['_TOOL'].fields_by_name['namespace']._loaded_options = None
   _globals['_TOOL'].fields_by_name['namespace']._serialized_options = b'\252\273\030\tnamespace'
+  _globals['_TOOL'].fields_by_name['mcp']._loaded_options = None
+  _globals['_TOOL'].fields_by_name['mcp']._serialized_options = b'\252\273\030\003mcp'
   _globals['_TOOL'].fields_by_name['other']._loaded_options = None
   _globals['_TOOL'].fields_by_name['other']._serialized_options = b'\270\273\030\001'
   _globals['_FUNCTIONTOOL'].fields_by_name['description']._loaded_options = None
@@ -45,6 +47,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FUNCTIONTOOL'].fields_by_name['parameters']._serialized_options = b'\260\273\030\001'
   _globals['_FUNCTIONTOOL'].fields_by_name['strict']._loaded_options = None
   _globals['_FUNCTIONTOOL'].fields_by_name['strict']._serialized_options = b'\260\273\030\001'
+  _globals['_MCPTOOL_HEADERSENTRY']._loaded_options = None
+  _globals['_MCPTOOL_HEADERSENTRY']._serialized_options = b'8\001'
+  _globals['_MCPTOOL'].fields_by_name['allowed_tools']._loaded_options = None
+  _globals['_MCPTOOL'].fields_by_name['allowed_tools']._serialized_options = b'\260\273\030\001'
+  _globals['_MCPTOOL'].fields_by_name['require_approval']._loaded_options = None
+  _globals['_MCPTOOL'].fields_by_name['require_approval']._serialized_options = b'\260\273\030\001'
+  _globals['_MCPTOOLNAMES']._loaded_options = None
+  _globals['_MCPTOOLNAMES']._serialized_options = b'\370\273\030\001'
   _globals['_TOOLCHOICE'].fields_by_name['function']._loaded_options = None
   _globals['_TOOLCHOICE'].fields_by_name['function']._serialized_options = b'\252\273\030\010function'
   _globals['_TOOLCHOICE'].fields_by_name['allowed_tools']._loaded_options = None
@@ -53,20 +63,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOOLREFERENCE'].fields_by_name['function']._serialized_options = b'\252\273\030\010function'
   _globals['_TOOLREFERENCE'].fields_by_name['other']._loaded_options = None
   _globals['_TOOLREFERENCE'].fields_by_name['other']._serialized_options = b'\270\273\030\001'
-  _globals['_TOOLCHOICEMODE']._serialized_start=1195
-  _globals['_TOOLCHOICEMODE']._serialized_end=1330
+  _globals['_MCPAPPROVALMODE']._serialized_start=2396
+  _globals['_MCPAPPROVALMODE']._serialized_end=2507
+  _globals['_TOOLCHOICEMODE']._serialized_start=2510
+  _globals['_TOOLCHOICEMODE']._serialized_end=2645
   _globals['_TOOL']._serialized_start=134
-  _globals['_TOOL']._serialized_end=347
-  _globals['_FUNCTIONTOOL']._serialized_start=350
-  _globals['_FUNCTIONTOOL']._serialized_end=515
-  _globals['_NAMESPACETOOL']._serialized_start=517
-  _globals['_NAMESPACETOOL']._serialized_end=614
-  _globals['_TOOLCHOICE']._serialized_start=617
-  _globals['_TOOLCHOICE']._serialized_end=867
-  _globals['_FUNCTIONTOOLCHOICE']._serialized_start=869
-  _globals['_FUNCTIONTOOLCHOICE']._serialized_end=903
-  _globals['_TOOLREFERENCE']._serialized_start=906
-  _globals['_TOOLREFERENCE']._serialized_end=1057
-  _globals['_ALLOWEDTOOLSCHOICE']._serialized_start=1060
-  _globals['_ALLOWEDTOOLSCHOICE']._serialized_end=1192
+  _globals['_TOOL']._serialized_end=406
+  _globals['_FUNCTIONTOOL']._serialized_start=409
+  _globals['_FUNCTIONTOOL']._serialized_end=574
+  _globals['_NAMESPACETOOL']._serialized_start=576
+  _globals['_NAMESPACETOOL']._serialized_end=673
+  _globals['_MCPTOOL']._serialized_start=676
+  _globals['_MCPTOOL']._serialized_end=1265
+  _globals['_MCPTOOL_HEADERSENTRY']._serialized_start=1114
+  _globals['_MCPTOOL_HEADERSENTRY']._serialized_end=1160
+  _globals['_MCPALLOWEDTOOLS']._serialized_start=1268
+  _globals['_MCPALLOWEDTOOLS']._serialized_end=1415
+  _globals['_MCPTOOLNAMES']._serialized_start=1417
+  _globals['_MCPTOOLNAMES']._serialized_end=1452
+  _globals['_MCPTOOLFILTER']._serialized_start=1454
+  _globals['_MCPTOOLFILTER']._serialized_end=1527
+  _globals['_MCPREQUIREAPPROVAL']._serialized_start=1530
+  _globals['_MCPREQUIREAPPROVAL']._serialized_end=1681
+  _globals['_MCPAPPROVALFILTER']._serialized_start=1684
+  _globals['_MCPAPPROVALFILTER']._serialized_end=1816
+  _globals['_TOOLCHOICE']._serialized_start=1819
+  _globals['_TOOLCHOICE']._serialized_end=2069
+  _globals['_FUNCTIONTOOLCHOICE']._serialized_start=2071
+  _globals['_FUNCTIONTOOLCHOICE']._serialized_end=2105
+  _globals['_TOOLREFERENCE']._serialized_start=2108
+  _globals['_TOOLREFERENCE']._serialized_end=2259
+  _globals['_ALLOWEDTOOLSCHOICE']._serialized_start=2262
+  _globals['_ALLOWEDTOOLSCHOICE']._serialized_end=2394
 # @@protoc_insertion_point(module_scope)

@@ -20,6 +20,30 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _McpApprovalMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _McpApprovalModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_McpApprovalMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MCP_APPROVAL_MODE_UNSPECIFIED: _McpApprovalMode.ValueType  # 0
+    """Not set."""
+    MCP_APPROVAL_MODE_ALWAYS: _McpApprovalMode.ValueType  # 1
+    """Every call needs approval."""
+    MCP_APPROVAL_MODE_NEVER: _McpApprovalMode.ValueType  # 2
+    """No call needs approval."""
+
+class McpApprovalMode(_McpApprovalMode, metaclass=_McpApprovalModeEnumTypeWrapper):
+    """When an MCP call needs the client's approval."""
+
+MCP_APPROVAL_MODE_UNSPECIFIED: McpApprovalMode.ValueType  # 0
+"""Not set."""
+MCP_APPROVAL_MODE_ALWAYS: McpApprovalMode.ValueType  # 1
+"""Every call needs approval."""
+MCP_APPROVAL_MODE_NEVER: McpApprovalMode.ValueType  # 2
+"""No call needs approval."""
+Global___McpApprovalMode: _TypeAlias = McpApprovalMode  # noqa: Y015
+
 class _ToolChoiceMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -56,6 +80,7 @@ class Tool(_message.Message):
 
     FUNCTION_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
+    MCP_FIELD_NUMBER: _builtins.int
     OTHER_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def function(self) -> Global___FunctionTool:
@@ -66,6 +91,10 @@ class Tool(_message.Message):
         """A group of function tools under one name (as Codex sends them)."""
 
     @_builtins.property
+    def mcp(self) -> Global___McpTool:
+        """A remote MCP server whose tools the gateway lists and calls."""
+
+    @_builtins.property
     def other(self) -> _struct_pb2.Struct:
         """A tool type Switchboard does not run itself (hosted tools, unknown types), kept verbatim."""
 
@@ -74,13 +103,14 @@ class Tool(_message.Message):
         *,
         function: Global___FunctionTool | None = ...,
         namespace: Global___NamespaceTool | None = ...,
+        mcp: Global___McpTool | None = ...,
         other: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "namespace", b"namespace", "other", b"other", "tool", b"tool"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "mcp", b"mcp", "namespace", b"namespace", "other", b"other", "tool", b"tool"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "namespace", b"namespace", "other", b"other", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "mcp", b"mcp", "namespace", b"namespace", "other", b"other", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_tool: _TypeAlias = _typing.Literal["function", "namespace", "other"]  # noqa: Y015
+    _WhichOneofReturnType_tool: _TypeAlias = _typing.Literal["function", "namespace", "mcp", "other"]  # noqa: Y015
     _WhichOneofArgType_tool: _TypeAlias = _typing.Literal["tool", b"tool"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_tool) -> _WhichOneofReturnType_tool | None: ...
 
@@ -160,6 +190,265 @@ class NamespaceTool(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NamespaceTool: _TypeAlias = NamespaceTool  # noqa: Y015
+
+@_typing.final
+class McpTool(_message.Message):
+    """A remote MCP server whose tools the gateway lists and calls."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class HeadersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SERVER_LABEL_FIELD_NUMBER: _builtins.int
+    SERVER_URL_FIELD_NUMBER: _builtins.int
+    ALLOWED_TOOLS_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    REQUIRE_APPROVAL_FIELD_NUMBER: _builtins.int
+    SERVER_DESCRIPTION_FIELD_NUMBER: _builtins.int
+    AUTHORIZATION_FIELD_NUMBER: _builtins.int
+    CONNECTOR_ID_FIELD_NUMBER: _builtins.int
+    TUNNEL_ID_FIELD_NUMBER: _builtins.int
+    DEFER_LOADING_FIELD_NUMBER: _builtins.int
+    ALLOWED_CALLERS_FIELD_NUMBER: _builtins.int
+    server_label: _builtins.str
+    """Required. A label for the server, unique in the request; items name it."""
+    server_url: _builtins.str
+    """Required. The URL of the server (streamable HTTP, or HTTP+SSE when the path ends with `/sse`)."""
+    server_description: _builtins.str
+    """Optional. What the server is for."""
+    authorization: _builtins.str
+    """Optional. An OAuth access token for the server. Input only: never stored or echoed."""
+    connector_id: _builtins.str
+    """Optional. A connector of OpenAI's service; not supported by this gateway."""
+    tunnel_id: _builtins.str
+    """Optional. A Secure MCP Tunnel of OpenAI's service; not supported by this gateway."""
+    defer_loading: _builtins.bool
+    """Optional. Whether the tools are found through tool search; not supported by this gateway."""
+    @_builtins.property
+    def allowed_tools(self) -> Global___McpAllowedTools:
+        """Optional. The tools of the server the model may use; all when absent."""
+
+    @_builtins.property
+    def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Optional. HTTP headers for the server, such as authorization. Input only: never stored or echoed."""
+
+    @_builtins.property
+    def require_approval(self) -> Global___McpRequireApproval:
+        """Optional. Which calls need the client's approval; `always` when absent."""
+
+    @_builtins.property
+    def allowed_callers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. Who may call the tools (`direct`, `programmatic`)."""
+
+    def __init__(
+        self,
+        *,
+        server_label: _builtins.str = ...,
+        server_url: _builtins.str | None = ...,
+        allowed_tools: Global___McpAllowedTools | None = ...,
+        headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        require_approval: Global___McpRequireApproval | None = ...,
+        server_description: _builtins.str | None = ...,
+        authorization: _builtins.str | None = ...,
+        connector_id: _builtins.str | None = ...,
+        tunnel_id: _builtins.str | None = ...,
+        defer_loading: _builtins.bool | None = ...,
+        allowed_callers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_authorization", b"_authorization", "_connector_id", b"_connector_id", "_defer_loading", b"_defer_loading", "_server_description", b"_server_description", "_server_url", b"_server_url", "_tunnel_id", b"_tunnel_id", "allowed_tools", b"allowed_tools", "authorization", b"authorization", "connector_id", b"connector_id", "defer_loading", b"defer_loading", "require_approval", b"require_approval", "server_description", b"server_description", "server_url", b"server_url", "tunnel_id", b"tunnel_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_authorization", b"_authorization", "_connector_id", b"_connector_id", "_defer_loading", b"_defer_loading", "_server_description", b"_server_description", "_server_url", b"_server_url", "_tunnel_id", b"_tunnel_id", "allowed_callers", b"allowed_callers", "allowed_tools", b"allowed_tools", "authorization", b"authorization", "connector_id", b"connector_id", "defer_loading", b"defer_loading", "headers", b"headers", "require_approval", b"require_approval", "server_description", b"server_description", "server_label", b"server_label", "server_url", b"server_url", "tunnel_id", b"tunnel_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__authorization: _TypeAlias = _typing.Literal["authorization"]  # noqa: Y015
+    _WhichOneofArgType__authorization: _TypeAlias = _typing.Literal["_authorization", b"_authorization"]  # noqa: Y015
+    _WhichOneofReturnType__connector_id: _TypeAlias = _typing.Literal["connector_id"]  # noqa: Y015
+    _WhichOneofArgType__connector_id: _TypeAlias = _typing.Literal["_connector_id", b"_connector_id"]  # noqa: Y015
+    _WhichOneofReturnType__defer_loading: _TypeAlias = _typing.Literal["defer_loading"]  # noqa: Y015
+    _WhichOneofArgType__defer_loading: _TypeAlias = _typing.Literal["_defer_loading", b"_defer_loading"]  # noqa: Y015
+    _WhichOneofReturnType__server_description: _TypeAlias = _typing.Literal["server_description"]  # noqa: Y015
+    _WhichOneofArgType__server_description: _TypeAlias = _typing.Literal["_server_description", b"_server_description"]  # noqa: Y015
+    _WhichOneofReturnType__server_url: _TypeAlias = _typing.Literal["server_url"]  # noqa: Y015
+    _WhichOneofArgType__server_url: _TypeAlias = _typing.Literal["_server_url", b"_server_url"]  # noqa: Y015
+    _WhichOneofReturnType__tunnel_id: _TypeAlias = _typing.Literal["tunnel_id"]  # noqa: Y015
+    _WhichOneofArgType__tunnel_id: _TypeAlias = _typing.Literal["_tunnel_id", b"_tunnel_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__authorization) -> _WhichOneofReturnType__authorization | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__connector_id) -> _WhichOneofReturnType__connector_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__defer_loading) -> _WhichOneofReturnType__defer_loading | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__server_description) -> _WhichOneofReturnType__server_description | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__server_url) -> _WhichOneofReturnType__server_url | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tunnel_id) -> _WhichOneofReturnType__tunnel_id | None: ...
+
+Global___McpTool: _TypeAlias = McpTool  # noqa: Y015
+
+@_typing.final
+class McpAllowedTools(_message.Message):
+    """The allowed tools of an MCP server: a list of names or a filter."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_NAMES_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tool_names(self) -> Global___McpToolNames:
+        """The tool names."""
+
+    @_builtins.property
+    def filter(self) -> Global___McpToolFilter:
+        """A filter."""
+
+    def __init__(
+        self,
+        *,
+        tool_names: Global___McpToolNames | None = ...,
+        filter: Global___McpToolFilter | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "tool_names", b"tool_names", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "tool_names", b"tool_names", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["tool_names", "filter"]  # noqa: Y015
+    _WhichOneofArgType_value: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_value) -> _WhichOneofReturnType_value | None: ...
+
+Global___McpAllowedTools: _TypeAlias = McpAllowedTools  # noqa: Y015
+
+@_typing.final
+class McpToolNames(_message.Message):
+    """A list of MCP tool names."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. The names."""
+
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___McpToolNames: _TypeAlias = McpToolNames  # noqa: Y015
+
+@_typing.final
+class McpToolFilter(_message.Message):
+    """A filter of MCP tools."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READ_ONLY_FIELD_NUMBER: _builtins.int
+    TOOL_NAMES_FIELD_NUMBER: _builtins.int
+    read_only: _builtins.bool
+    """Optional. Only tools annotated as read-only (`readOnlyHint`) match."""
+    @_builtins.property
+    def tool_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. The tool names that match."""
+
+    def __init__(
+        self,
+        *,
+        read_only: _builtins.bool | None = ...,
+        tool_names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_read_only", b"_read_only", "read_only", b"read_only"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_read_only", b"_read_only", "read_only", b"read_only", "tool_names", b"tool_names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__read_only: _TypeAlias = _typing.Literal["read_only"]  # noqa: Y015
+    _WhichOneofArgType__read_only: _TypeAlias = _typing.Literal["_read_only", b"_read_only"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__read_only) -> _WhichOneofReturnType__read_only | None: ...
+
+Global___McpToolFilter: _TypeAlias = McpToolFilter  # noqa: Y015
+
+@_typing.final
+class McpRequireApproval(_message.Message):
+    """Which MCP calls need approval: a mode or per-tool filters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    mode: Global___McpApprovalMode.ValueType
+    """`always` or `never`."""
+    @_builtins.property
+    def filter(self) -> Global___McpApprovalFilter:
+        """Per-tool filters."""
+
+    def __init__(
+        self,
+        *,
+        mode: Global___McpApprovalMode.ValueType = ...,
+        filter: Global___McpApprovalFilter | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "mode", b"mode", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "mode", b"mode", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["mode", "filter"]  # noqa: Y015
+    _WhichOneofArgType_value: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_value) -> _WhichOneofReturnType_value | None: ...
+
+Global___McpRequireApproval: _TypeAlias = McpRequireApproval  # noqa: Y015
+
+@_typing.final
+class McpApprovalFilter(_message.Message):
+    """Per-tool approval filters; a tool matched by neither needs approval."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALWAYS_FIELD_NUMBER: _builtins.int
+    NEVER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def always(self) -> Global___McpToolFilter:
+        """Optional. Tools that always need approval."""
+
+    @_builtins.property
+    def never(self) -> Global___McpToolFilter:
+        """Optional. Tools that never need approval."""
+
+    def __init__(
+        self,
+        *,
+        always: Global___McpToolFilter | None = ...,
+        never: Global___McpToolFilter | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["always", b"always", "never", b"never"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["always", b"always", "never", b"never"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___McpApprovalFilter: _TypeAlias = McpApprovalFilter  # noqa: Y015
 
 @_typing.final
 class ToolChoice(_message.Message):
