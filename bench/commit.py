@@ -22,10 +22,10 @@ from pathlib import Path
 import psycopg
 import uvloop
 
-from service.store import open_store
-from service.store.base import CreateResponseRequest, Item, Response, Store
-from service.store.batch import GroupCommitStore
 from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2
+from switchboard.service.store import open_store
+from switchboard.service.store.base import CreateResponseRequest, Item, Response, Store
+from switchboard.service.store.batch import GroupCommitStore
 
 
 def _cpu() -> float:

@@ -182,7 +182,7 @@ def start_bench(extra: dict[str, Any] | None = None, server: dict[str, Any] | No
         log_path = Path(tmp.name) / "serve.log"
         with log_path.open("wb") as log:
             serve = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", "--config", str(config_path)],
+                [sys.executable, "-m", "switchboard.cli.main", "serve", "--config", str(config_path)],
                 cwd=ROOT, env=_clean_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
@@ -195,7 +195,7 @@ def start_bench(extra: dict[str, Any] | None = None, server: dict[str, Any] | No
             cmd = _cmdline(child)
             if "envoy" in cmd.split(" ", 1)[0]:
                 bench.pids["envoy"] = child
-            elif "service.cli edge" in cmd:
+            elif "switchboard.cli.main edge" in cmd:
                 bench.pids["edge"] = child
         return bench
     except BaseException:

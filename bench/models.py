@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.providers.base import TextDelta, Turn, UsageDelta
-from service.providers.llama_cpp import LlamaCppProvider
 from switchboard.responses.v1 import content_pb2, items_pb2
+from switchboard.service.providers.base import TextDelta, Turn, UsageDelta
+from switchboard.service.providers.llama_cpp import LlamaCppProvider
 
 _COLORS = ("red", "blue", "green", "yellow", "orange", "purple", "black", "white", "pink", "brown")
 

@@ -50,7 +50,8 @@ def service(store: str, upstream: str, tmp: Path) -> Iterator[str]:
     log_path = tmp / "service.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "service.cli", "service", "--config", str(path)], cwd=ROOT,
+        process = subprocess.Popen([sys.executable, "-m", "switchboard.cli.main", "service", "--config", str(path)],
+                                   cwd=ROOT,
                                    env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
     try:

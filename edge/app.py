@@ -16,11 +16,11 @@ from opentelemetry import trace
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
 
-from edge import codec
-from edge.errors import HttpError, from_rpc_error, invalid_request
-from edge.sse import DONE, OPEN_RESPONSES_NAMES, StreamTracker, frame
-from service.config import EVENT_NAMES
+from switchboard.edge import codec
+from switchboard.edge.errors import HttpError, from_rpc_error, invalid_request
+from switchboard.edge.sse import DONE, OPEN_RESPONSES_NAMES, StreamTracker, frame
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
+from switchboard.shared.config.settings import EVENT_NAMES
 
 M = TypeVar("M", bound=Message)
 

@@ -8,7 +8,7 @@ import grpc
 import orjson
 from google.rpc import error_details_pb2, status_pb2
 
-from service.errors import STATUS_MAP
+from switchboard.shared.errors import STATUS_MAP
 
 
 @dataclass

@@ -6,9 +6,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from edge import codec
-from edge.app import Edge, error_response
-from edge.errors import HttpError, invalid_request
+from switchboard.edge import codec
+from switchboard.edge.app import Edge, error_response
+from switchboard.edge.errors import HttpError, invalid_request
 from switchboard.responses.v1 import responses_service_pb2 as pb
 
 _ORDERS = {"asc": pb.LIST_ORDER_ASC, "desc": pb.LIST_ORDER_DESC}

@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from edge.app import Edge, error_response
-from edge.errors import HttpError
-from edge.resources import resource_routes
-from edge.websocket import websocket_endpoint
+from switchboard.edge.app import Edge, error_response
+from switchboard.edge.errors import HttpError
+from switchboard.edge.resources import resource_routes
+from switchboard.edge.websocket import websocket_endpoint
 
 log = logging.getLogger(__name__)
 

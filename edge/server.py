@@ -8,12 +8,11 @@ import uvicorn
 import uvloop
 from starlette.types import ASGIApp
 
-from edge.app import Edge
-from edge.routes import create_app
-from service import telemetry
-from service.config import Config, grpc_unix_path, parse_address
-from service.server import raise_open_files_limit
-from service.supervisor import EDGE_READY
+from switchboard.edge.app import Edge
+from switchboard.edge.routes import create_app
+from switchboard.shared import telemetry
+from switchboard.shared.config.settings import Config, grpc_unix_path, parse_address
+from switchboard.shared.process import EDGE_READY, raise_open_files_limit
 
 
 def grpc_target(config: Config) -> str:

@@ -8,8 +8,8 @@ from typing import Any
 
 import orjson
 
-from edge import codec
-from edge.errors import HttpError
+from switchboard.edge import codec
+from switchboard.edge.errors import HttpError
 from switchboard.responses.v1 import events_pb2, response_pb2
 
 DONE = b"data: [DONE]\n\n"

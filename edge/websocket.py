@@ -12,10 +12,10 @@ import grpc
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from edge import codec
-from edge.app import Edge
-from edge.errors import HttpError, from_rpc_error
-from edge.sse import encode_event
+from switchboard.edge import codec
+from switchboard.edge.app import Edge
+from switchboard.edge.errors import HttpError, from_rpc_error
+from switchboard.edge.sse import encode_event
 from switchboard.responses.v1 import responses_service_pb2 as pb
 
 log = logging.getLogger(__name__)

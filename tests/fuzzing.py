@@ -20,10 +20,10 @@ import orjson
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import strategies as st
 
-from edge import codec
-from service.errors import ApiError
-from service.validation import validate
+from switchboard.edge import codec
 from switchboard.responses.v1 import json_pb2, responses_service_pb2
+from switchboard.service.pipeline.validation import validate
+from switchboard.shared.errors import ApiError
 from tests.service.test_validation import CASES
 
 Strategy = st.SearchStrategy[Any]

@@ -1,6 +1,6 @@
 """Every process the test suite starts is started through here, so that none outlives the run.
 
-Each process gets a process group of its own and dies with the pytest process (``service.lifeline``: the kernel
+Each process gets a process group of its own and dies with the pytest process (``switchboard.cli.lifeline``: the kernel
 SIGKILLs it when pytest exits, however pytest ends). ``kill_tree`` stops a process, its group and every descendant
 (also those that made groups of their own, such as the children of `switchboard serve`); ``kill_all``, called at
 session end and at exit, does that for everything still registered.
@@ -30,7 +30,7 @@ def launcher() -> list[str]:
     signal fires when the spawning *thread* ends."""
     if threading.current_thread() is not threading.main_thread() or not sys.platform.startswith("linux"):
         return []
-    return [sys.executable, "-m", "service.lifeline", str(os.getpid()), "--"]
+    return [sys.executable, "-m", "switchboard.cli.lifeline", str(os.getpid()), "--"]
 
 
 def track(pid: int) -> None:

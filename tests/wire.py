@@ -31,7 +31,7 @@ from jsonschema.exceptions import ValidationError as SchemaError
 from openai.types.responses import CompactedResponse, Response, ResponseItemList, ResponseStreamEvent
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from edge import codec
+from switchboard.edge import codec
 from tests import openapi
 
 # {OpenAI name: Open Responses name} of the events the two specs spell differently.

@@ -1,6 +1,7 @@
 """Runs one model worker process and keeps it running.
 
-The supervisor resolves the model file (assembling a packaged one first), spawns ``python -m service.local.worker``,
+The supervisor resolves the model file (assembling a packaged one first), spawns
+``python -m switchboard.service.local.worker``,
 waits until its Unix socket answers ``/health``, and restarts it with exponential backoff when it dies (each exit
 logged with its status or signal). A worker that cannot load its file (exit status 3 with a ``FATAL`` line) is not
 restarted: the model stays failed, and :meth:`Supervisor.check` raises that cause on every request.
@@ -24,8 +25,8 @@ from pathlib import Path
 import aiohttp
 import grpc
 
-from service.errors import UpstreamError
-from service.local.worker import LOAD_FAILED
+from switchboard.service.local.worker import LOAD_FAILED
+from switchboard.shared.errors import UpstreamError
 
 log = logging.getLogger("switchboard.local")
 
@@ -195,7 +196,7 @@ class Supervisor:
         spawned = time.monotonic()
         # The worker's parent is this process: it dies with us (PR_SET_PDEATHSIG) and checks our pid.
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service.local.worker", "--model", str(path), "--model-id", spec.model_id,
+            sys.executable, "-m", "switchboard.service.local.worker", "--model", str(path), "--model-id", spec.model_id,
             "--socket", str(spec.socket), "--parent-pid", str(os.getpid()), "--threads", str(spec.n_threads),
             "--n-ctx", str(spec.n_ctx), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT)

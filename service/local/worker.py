@@ -1,6 +1,7 @@
 """A model worker process: one GGUF served with the OpenAI Chat Completions API on a Unix domain socket.
 
-    python -m service.local.worker --model FILE --model-id ID --socket PATH --parent-pid PID [--threads N] [--n-ctx N]
+    python -m switchboard.service.local.worker --model FILE --model-id ID --socket PATH --parent-pid PID \
+        [--threads N] [--n-ctx N]
 
 Routes: ``POST /v1/chat/completions`` (streamed over SSE or unary), ``GET /v1/models``, ``GET /health`` and
 ``GET /stats`` (generation counters). Generation runs in a thread, one at a time, off the event loop; a client that
@@ -32,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from service.local.generate import DEFAULT_MAX_TOKENS, JSON, Done, Job, Model
+from switchboard.service.local.generate import DEFAULT_MAX_TOKENS, JSON, Done, Job, Model
 
 LOAD_FAILED = 3
 PR_SET_PDEATHSIG = 1
@@ -267,7 +268,8 @@ def die_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m service.local.worker", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m switchboard.service.local.worker",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="the GGUF file")
     parser.add_argument("--model-id", required=True, help="the model id answered in /v1/models and responses")
     parser.add_argument("--socket", required=True, help="the Unix socket to listen on")

@@ -12,10 +12,10 @@ from google.protobuf import struct_pb2
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from service.config import McpConfig
-from service.mcp.client import McpServer, Timeouts, call_tool
-from service.mcp.tools import call_output, parse_arguments
 from switchboard.responses.v1 import items_pb2
+from switchboard.service.mcp.client import McpServer, Timeouts, call_tool
+from switchboard.service.mcp.tools import call_output, parse_arguments
+from switchboard.shared.config.settings import McpConfig
 
 tracer = trace.get_tracer("switchboard.service")
 BUDGET_MESSAGE = "The response's time budget for MCP tools ran out."

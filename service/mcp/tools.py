@@ -14,11 +14,11 @@ from google.protobuf import json_format
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from service.config import McpConfig
-from service.crypto import Sealer
-from service.errors import ApiError, invalid
-from service.mcp.client import McpFailure, McpServer, McpToolSpec, Timeouts, list_tools
 from switchboard.responses.v1 import content_pb2, items_pb2, responses_service_pb2, tools_pb2
+from switchboard.service.mcp.client import McpFailure, McpServer, McpToolSpec, Timeouts, list_tools
+from switchboard.shared.config.settings import McpConfig
+from switchboard.shared.crypto import Sealer
+from switchboard.shared.errors import ApiError, invalid
 
 Request = responses_service_pb2.CreateResponseRequest
 tracer = trace.get_tracer("switchboard.service")

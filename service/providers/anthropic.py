@@ -1,7 +1,7 @@
 """A provider for the Anthropic Messages API (``POST {base_url}/v1/messages``).
 
-The request/response translation lives in :mod:`service.providers.anthropic_translate`; this module owns
-the HTTP side is :mod:`service.providers.http`; this module folds stream events into deltas
+The request/response translation lives in :mod:`switchboard.service.providers.anthropic_translate`; this module owns
+the HTTP side is :mod:`switchboard.service.providers.http`; this module folds stream events into deltas
 (:class:`MessageStream`, pure, tested event by event).
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from service.providers.anthropic_translate import (
+from switchboard.service.providers.anthropic_translate import (
     JSON,
     build_body,
     end_deltas,
@@ -19,8 +19,15 @@ from service.providers.anthropic_translate import (
     status_error,
     stream_error,
 )
-from service.providers.base import Delta, ReasoningDelta, ReasoningOpaqueDelta, TextDelta, ToolCallDelta, Turn
-from service.providers.http import HttpProvider, interrupted, loads, protocol_error
+from switchboard.service.providers.base import (
+    Delta,
+    ReasoningDelta,
+    ReasoningOpaqueDelta,
+    TextDelta,
+    ToolCallDelta,
+    Turn,
+)
+from switchboard.service.providers.http import HttpProvider, interrupted, loads, protocol_error
 
 
 class AnthropicProvider(HttpProvider):

@@ -1,6 +1,6 @@
 """Pure translation between a :class:`Turn` and the Anthropic Messages API wire format.
 
-Plain dicts in and out, no I/O: the HTTP side lives in :mod:`service.providers.anthropic`.
+Plain dicts in and out, no I/O: the HTTP side lives in :mod:`switchboard.service.providers.anthropic`.
 
 Thinking signatures: a thinking block's signature comes out as a ``ReasoningOpaqueDelta`` (the gateway seals it
 into the reasoning item's ``encrypted_content``); a reasoning item sent back with the signature restored becomes a
@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 import orjson
 
-from service.errors import ApiError, UpstreamError, invalid
-from service.providers.base import (
+from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
+from switchboard.service.providers.base import (
     Delta,
     Finish,
     FinishReason,
@@ -31,10 +31,10 @@ from service.providers.base import (
     UsageDelta,
     message_text,
 )
-from service.providers.chat_translate import status_error as _chat_status_error
-from service.providers.chat_translate import struct_to_dict
-from service.providers.http import protocol_error
-from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
+from switchboard.service.providers.chat_translate import status_error as _chat_status_error
+from switchboard.service.providers.chat_translate import struct_to_dict
+from switchboard.service.providers.http import protocol_error
+from switchboard.shared.errors import ApiError, UpstreamError, invalid
 
 JSON = dict[str, Any]
 

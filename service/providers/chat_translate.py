@@ -15,8 +15,8 @@ import grpc
 import orjson
 from google.protobuf import struct_pb2
 
-from service.errors import ApiError, UpstreamError, invalid
-from service.providers.base import (
+from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
+from switchboard.service.providers.base import (
     Delta,
     Finish,
     FinishReason,
@@ -29,8 +29,8 @@ from service.providers.base import (
     UsageDelta,
     message_text,
 )
-from service.providers.http import protocol_error
-from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
+from switchboard.service.providers.http import protocol_error
+from switchboard.shared.errors import ApiError, UpstreamError, invalid
 
 JSON = dict[str, Any]
 

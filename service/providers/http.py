@@ -24,9 +24,9 @@ import orjson
 # httpx-sse's decoder implements the WHATWG event-stream field rules; aiohttp only hands us lines.
 from httpx_sse._decoders import SSEDecoder
 
-from service.config import ConfigError
-from service.errors import UpstreamError
-from service.providers.base import Delta, Turn
+from switchboard.service.providers.base import Delta, Turn
+from switchboard.shared.config.errors import ConfigError
+from switchboard.shared.errors import UpstreamError
 
 JSON = dict[str, Any]
 T = TypeVar("T")

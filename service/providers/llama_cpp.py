@@ -1,6 +1,7 @@
 """The embedded local models, each in its own worker process, reached over a Unix socket.
 
-The provider supervises one worker per model (:mod:`service.local.supervisor`) and talks to it with the OpenAI
+The provider supervises one worker per model (:mod:`switchboard.service.local.supervisor`) and talks to it with the
+OpenAI
 Chat Completions API through the shared HTTP provider code, so a crash in llama.cpp ends only that model's requests
 and the worker is restarted. Requests to one model wait in a fair FIFO queue of bounded size; a request cancelled
 while it waits leaves the queue, and one cancelled while it generates closes its connection, which stops the worker's
@@ -25,13 +26,13 @@ from typing import Any
 import aiohttp
 import grpc
 
-from service.errors import ApiError, UpstreamError, invalid
-from service.local.models import BUILTIN, DEFAULT_CACHE_DIR, GEMMA, builtin_path
-from service.local.supervisor import State, Supervisor, WorkerSpec
-from service.providers.base import Delta, Turn
-from service.providers.http import JSON
-from service.providers.openai_chat import OpenAIChatProvider
 from switchboard.responses.v1 import items_pb2
+from switchboard.service.local.models import BUILTIN, DEFAULT_CACHE_DIR, GEMMA, builtin_path
+from switchboard.service.local.supervisor import State, Supervisor, WorkerSpec
+from switchboard.service.providers.base import Delta, Turn
+from switchboard.service.providers.http import JSON
+from switchboard.service.providers.openai_chat import OpenAIChatProvider
+from switchboard.shared.errors import ApiError, UpstreamError, invalid
 
 DEFAULT_QUEUE_SIZE = 16
 

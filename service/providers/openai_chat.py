@@ -1,14 +1,15 @@
 """A provider for any OpenAI Chat Completions server: OpenAI, vLLM, llama.cpp, SGLang, OpenRouter, ...
 
-The request/response translation lives in :mod:`service.providers.chat_translate`; the HTTP side (pooled client,
-timeouts, cancellation, error mapping) in :mod:`service.providers.http`. This module folds stream chunks.
+The request/response translation lives in :mod:`switchboard.service.providers.chat_translate`; the HTTP side
+(pooled client,
+timeouts, cancellation, error mapping) in :mod:`switchboard.service.providers.http`. This module folds stream chunks.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from service.providers.base import (
+from switchboard.service.providers.base import (
     Delta,
     Finish,
     ReasoningDelta,
@@ -17,7 +18,7 @@ from service.providers.base import (
     ToolCallDelta,
     Turn,
 )
-from service.providers.chat_translate import (
+from switchboard.service.providers.chat_translate import (
     build_body,
     finish_reason,
     logprobs_of,
@@ -26,7 +27,7 @@ from service.providers.chat_translate import (
     stream_error,
     usage_delta,
 )
-from service.providers.http import JSON, HttpProvider, interrupted, loads
+from switchboard.service.providers.http import JSON, HttpProvider, interrupted, loads
 
 _NO_FUNCTION: dict[str, Any] = {}
 

@@ -1,18 +1,18 @@
 """A provider for a native Responses API upstream (``POST {base_url}/responses``): OpenAI, or any server
 implementing Open Responses.
 
-The translation lives in :mod:`service.providers.openai_responses_translate`; the HTTP side (pooled client,
-timeouts, cancellation, error mapping) in :mod:`service.providers.http`.
+The translation lives in :mod:`switchboard.service.providers.openai_responses_translate`; the HTTP side (pooled client,
+timeouts, cancellation, error mapping) in :mod:`switchboard.service.providers.http`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from service.providers.base import Delta, Turn
-from service.providers.chat_translate import status_error
-from service.providers.http import JSON, HttpProvider
-from service.providers.openai_responses_translate import EventStream, build_body, parse_response
+from switchboard.service.providers.base import Delta, Turn
+from switchboard.service.providers.chat_translate import status_error
+from switchboard.service.providers.http import JSON, HttpProvider
+from switchboard.service.providers.openai_responses_translate import EventStream, build_body, parse_response
 
 
 class OpenAIResponsesProvider(HttpProvider):

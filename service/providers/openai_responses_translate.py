@@ -12,8 +12,8 @@ from typing import Any
 
 import grpc
 
-from service.errors import UpstreamError, invalid
-from service.providers.base import (
+from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
+from switchboard.service.providers.base import (
     Delta,
     Finish,
     FinishReason,
@@ -26,9 +26,9 @@ from service.providers.base import (
     Turn,
     UsageDelta,
 )
-from service.providers.chat_translate import struct_to_dict
-from service.providers.http import interrupted, loads, protocol_error
-from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
+from switchboard.service.providers.chat_translate import struct_to_dict
+from switchboard.service.providers.http import interrupted, loads, protocol_error
+from switchboard.shared.errors import UpstreamError, invalid
 
 JSON = dict[str, Any]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.store.base import ItemPage, Job, Store, StoredResponse
+from switchboard.service.store.base import ItemPage, Job, Store, StoredResponse
 
 __all__ = ["ItemPage", "Job", "Store", "StoredResponse", "open_store", "sqlite_path"]
 
@@ -22,11 +22,11 @@ def open_store(url: str, *, commit_window: float | None = None) -> Store:
     before use; connections are opened lazily, so this does no I/O.
 
     With ``commit_window`` (seconds, 0 = as soon as the previous commit ends) finished foreground responses are
-    group-committed off the request path (``service.store.batch``); None saves each one in its own transaction."""
+    group-committed off the request path (``store.batch``); None saves each one in its own transaction."""
     store = _open(url)
     if commit_window is None:
         return store
-    from service.store.batch import GroupCommitStore
+    from switchboard.service.store.batch import GroupCommitStore
 
     return GroupCommitStore(store, window=commit_window)
 
@@ -34,11 +34,11 @@ def open_store(url: str, *, commit_window: float | None = None) -> Store:
 def _open(url: str) -> Store:
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
-        from service.store.sqlite import SQLiteStore
+        from switchboard.service.store.sqlite import SQLiteStore
 
         return SQLiteStore(sqlite_path(url))
     if scheme in ("postgresql", "postgres"):
-        from service.store.postgres import PostgresStore
+        from switchboard.service.store.postgres import PostgresStore
 
         return PostgresStore(url)
     raise ValueError(f"store: unsupported URL scheme {scheme!r} (sqlite:///PATH or postgresql://...)")

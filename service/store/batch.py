@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential_jitter
 
-from service.store.base import (
+from switchboard.service.store.base import (
     CreateResponseRequest,
     Item,
     ItemPage,
@@ -39,7 +39,7 @@ from service.store.base import (
 )
 
 if TYPE_CHECKING:
-    from service.store.base import Store
+    from switchboard.service.store.base import Store
 
 log = logging.getLogger(__name__)
 _ATTEMPTS = 3

@@ -14,8 +14,9 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
-from service.store import migrations
-from service.store.base import (
+from switchboard.responses.v1 import response_pb2
+from switchboard.service.store import migrations
+from switchboard.service.store.base import (
     CreateResponseRequest,
     Item,
     ItemPage,
@@ -31,7 +32,6 @@ from service.store.base import (
     make_page,
     page_query,
 )
-from switchboard.responses.v1 import response_pb2
 
 Conn = AsyncConnection[TupleRow]
 NOW = "extract(epoch from clock_timestamp())::float8"

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from service.store.base import Store
+from switchboard.service.store.base import Store
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
-from service.store import migrations
-from service.store.base import (
+from switchboard.responses.v1 import response_pb2
+from switchboard.service.store import migrations
+from switchboard.service.store.base import (
     CreateResponseRequest,
     Item,
     ItemPage,
@@ -31,7 +32,6 @@ from service.store.base import (
     make_page,
     page_query,
 )
-from switchboard.responses.v1 import response_pb2
 
 T = TypeVar("T")
 FAILED = response_pb2.RESPONSE_STATUS_FAILED

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from service.envoy import EnvoyAddresses, EnvoyError, EnvoyProcess, render_config
+from switchboard.cli.envoy import EnvoyAddresses, EnvoyError, EnvoyProcess, render_config
 from tests.processes import launcher
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "deploy" / "envoy" / "envoy.yaml"

@@ -22,10 +22,10 @@ import pytest
 import rotel
 import yaml
 
-from service.config import from_dict
-from service.envoy import EnvoyAddresses, EnvoyProcess, otlp_grpc_address, render_config
-from service.supervisor import envoy_config
+from switchboard.cli.envoy import EnvoyAddresses, EnvoyProcess, otlp_grpc_address, render_config
+from switchboard.cli.supervisor import envoy_config
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
+from switchboard.shared.config.settings import from_dict
 from tests.e2e.stack import API_KEY, Process, free_port, start_stack, start_upstream, write_config
 from tests.processes import launcher
 
@@ -218,7 +218,7 @@ def start_service(tmp: Path, upstream: str) -> tuple[Process, str]:
     tmp.mkdir(parents=True, exist_ok=True)
     config_path = tmp / "switchboard.yaml"
     ports = write_config(config_path, upstream, envoy=False, local_model=False)
-    process = Process([sys.executable, "-m", "service.cli", "service", "--config", str(config_path)],
+    process = Process([sys.executable, "-m", "switchboard.cli.main", "service", "--config", str(config_path)],
                       name=f"switchboard service {ports['grpc']}")
     try:
         process.wait_for("gRPC service listening", timeout=60)

@@ -17,8 +17,8 @@ import httpx
 import pytest
 import yaml
 
-from service import envoy
-from service.config import from_dict
+from switchboard.cli import envoy
+from switchboard.shared.config.settings import from_dict
 from tests.processes import launcher
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,7 +170,7 @@ def test_services_have_named_ports_and_secrets_are_referenced(overlay: str) -> N
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_envoy_config_each_pod_renders_validates(overlay: str, tmp_path: Path) -> None:
     init = container(overlay, "switchboard-edge", "envoy-config")
-    assert init["command"] == ["python", "-m", "service.envoy", "render"]
+    assert init["command"] == ["python", "-m", "switchboard.cli.envoy", "render"]
     template = tmp_path / "template.yaml"
     template.write_text(one(overlay, "ConfigMap", "switchboard-envoy")["data"]["envoy.yaml"])
     assert template.read_text() == (ROOT / "deploy" / "envoy" / "envoy.yaml").read_text()
@@ -209,7 +209,7 @@ def test_the_envoy_container_command_starts_envoy(tmp_path: Path) -> None:
 
 def test_prestop_drain_command_is_valid_and_tolerates_a_gone_envoy() -> None:
     command = container("prod", "switchboard-edge", "envoy")["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[:4] == ["python", "-m", "service.envoy", "drain"]
+    assert command[:4] == ["python", "-m", "switchboard.cli.envoy", "drain"]
     port = free_port()
     args = [a if not a.startswith("--admin=") else f"--admin=127.0.0.1:{port}" for a in command[4:]]
     envoy.main(["drain", *args, "--min-wait=0"])  # returns at once: nothing is listening

@@ -147,7 +147,7 @@ def start_stack(tmp: Path, upstream: str, *, env: dict[str, str] | None = None, 
     config_path = tmp / "switchboard.yaml"
     ports = write_config(config_path, upstream, envoy=envoy, extra=extra, local_model=local_model,
                          more_upstreams=more_upstreams, server=server)
-    process = Process([sys.executable, "-m", "service.cli", "serve", "--config", str(config_path)],
+    process = Process([sys.executable, "-m", "switchboard.cli.main", "serve", "--config", str(config_path)],
                       env=env, name="switchboard serve")
     try:
         process.wait_for("switchboard: ready", timeout=120)

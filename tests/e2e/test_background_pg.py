@@ -19,7 +19,7 @@ import psycopg
 import pytest
 import yaml
 
-from edge import codec
+from switchboard.edge import codec
 from switchboard.responses.v1 import response_pb2, responses_service_pb2_grpc
 from switchboard.responses.v1 import responses_service_pb2 as pb
 from tests import pg
@@ -69,7 +69,8 @@ class Replica:
         }
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "service.yaml").write_text(yaml.safe_dump(config))
-        self.process = Process([sys.executable, "-m", "service.cli", "service", "--config", str(tmp / "service.yaml")],
+        self.process = Process([sys.executable, "-m", "switchboard.cli.main", "service",
+                                "--config", str(tmp / "service.yaml")],
                                name=f"service {tmp.name}")
         self.channel = grpc.insecure_channel(self.grpc)
         self.stub = responses_service_pb2_grpc.ResponsesStub(self.channel)

@@ -33,7 +33,7 @@ def service(upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "providers": [{"name": "fake", "kind": "openai-chat", "base_url": f"{upstream}/v1"}],
         "default_model": "fake/echo",
     }))
-    process = Process([sys.executable, "-m", "service.cli", "service", "--config", str(path)], name="service")
+    process = Process([sys.executable, "-m", "switchboard.cli.main", "service", "--config", str(path)], name="service")
     try:
         process.wait_for("gRPC service listening", timeout=60)
         yield address

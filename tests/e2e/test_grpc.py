@@ -11,7 +11,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from edge import codec
+from switchboard.edge import codec
 from switchboard.responses.v1 import response_pb2, responses_service_pb2, responses_service_pb2_grpc
 from tests.e2e.stack import API_KEY, Stack
 from tests.streams import check_stream

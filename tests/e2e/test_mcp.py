@@ -22,7 +22,7 @@ from openai.types.responses import ResponseOutputItem, ResponseStreamEvent, Tool
 from pydantic import BaseModel, TypeAdapter
 from websockets.sync.client import connect
 
-from edge import codec
+from switchboard.edge import codec
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
 from tests.e2e.stack import API_KEY, Process, Stack, free_port, start_stack
 from tests.e2e.test_http import sse_events

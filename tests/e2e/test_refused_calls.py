@@ -26,7 +26,8 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         path = tmp_path_factory.mktemp("refused") / "edge.yaml"
         path.write_text(yaml.safe_dump({"server": {"http": http, "grpc_target": target},
                                         "auth": {"api_keys": [API_KEY]}}))
-        edge_process = Process([sys.executable, "-m", "service.cli", "edge", "--config", str(path)], name="edge")
+        edge_process = Process([sys.executable, "-m", "switchboard.cli.main", "edge", "--config", str(path)],
+                               name="edge")
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -16,10 +16,10 @@ import psycopg
 import pytest
 import yaml
 
-from service.auth import key_id
-from service.store import open_store
 from switchboard.responses.v1 import response_pb2, responses_service_pb2_grpc
 from switchboard.responses.v1 import responses_service_pb2 as pb
+from switchboard.service.store import open_store
+from switchboard.shared.crypto import key_id
 from tests import pg
 from tests.e2e.stack import API_KEY, Process, free_port, start_upstream
 
@@ -66,7 +66,8 @@ class Service:
         }
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "service.yaml").write_text(yaml.safe_dump(config))
-        self.process = Process([sys.executable, "-m", "service.cli", "service", "--config", str(tmp / "service.yaml")],
+        self.process = Process([sys.executable, "-m", "switchboard.cli.main", "service",
+                                "--config", str(tmp / "service.yaml")],
                                name="switchboard service")
         self.channel = grpc.insecure_channel(self.grpc)
         self.stub = responses_service_pb2_grpc.ResponsesStub(self.channel)

@@ -16,7 +16,7 @@ from tests.e2e.stack import API_KEY, Stack, start_stack
 from tests.processes import alive, descendants
 
 AUTH = {"authorization": f"Bearer {API_KEY}"}
-CHILDREN = {"service": "service.cli service", "edge": "service.cli edge", "Envoy": "envoy"}
+CHILDREN = {"service": "switchboard.cli.main service", "edge": "switchboard.cli.main edge", "Envoy": "envoy"}
 
 
 def child_pid(serve: int, name: str) -> int:
@@ -28,7 +28,7 @@ def child_pid(serve: int, name: str) -> int:
         except OSError:
             continue
         parent = int(stat.rpartition(")")[2].split()[1])
-        if parent == serve and alive(pid) and CHILDREN[name] in cmdline and "service.lifeline" not in cmdline:
+        if parent == serve and alive(pid) and CHILDREN[name] in cmdline and "switchboard.cli.lifeline" not in cmdline:
             return pid
     raise AssertionError(f"serve has no {name} child")
 

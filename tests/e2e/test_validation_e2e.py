@@ -10,7 +10,7 @@ import grpc
 import httpx
 import pytest
 
-from edge import codec
+from switchboard.edge import codec
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
 from tests.e2e.stack import Stack
 from tests.e2e.test_grpc import AUTH, details

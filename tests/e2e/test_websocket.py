@@ -19,8 +19,8 @@ from starlette.testclient import TestClient
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from edge.app import Edge
-from edge.websocket import websocket_endpoint
+from switchboard.edge.app import Edge
+from switchboard.edge.websocket import websocket_endpoint
 from tests import openapi
 from tests.e2e.stack import API_KEY, Stack, start_stack, upstream_requests
 from tests.e2e.test_http import sse_events

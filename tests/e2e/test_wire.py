@@ -23,7 +23,7 @@ from openrouter.errors import OpenRouterError
 from pydantic import ValidationError
 from websockets.sync.client import ClientConnection, connect
 
-from edge import codec
+from switchboard.edge import codec
 from switchboard.responses.v1 import responses_service_pb2 as pb
 from switchboard.responses.v1 import responses_service_pb2_grpc
 from tests import wire

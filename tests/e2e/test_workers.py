@@ -49,7 +49,7 @@ def processes(stack: Stack, command: str) -> list[int]:
             parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
         except OSError:
             continue
-        if parent == stack.process.pid and f"service.cli {command} " in cmdline and alive(pid):
+        if parent == stack.process.pid and f"switchboard.cli.main {command} " in cmdline and alive(pid):
             found.append(pid)
     return found
 
@@ -101,7 +101,7 @@ def test_several_workers_without_shared_rate_limits_is_a_config_error(tmp_path: 
     path = tmp_path / "switchboard.yaml"
     write_config(path, upstream, envoy=False, local_model=False, server={"workers": 2},
                  extra={"rate_limits": {"requests_per_minute": 10}})
-    run = Process([sys.executable, "-m", "service.cli", "serve", "--config", str(path)], name="serve")
+    run = Process([sys.executable, "-m", "switchboard.cli.main", "serve", "--config", str(path)], name="serve")
     code = run.proc.wait(60)
     run.stop()
     assert code == 2

@@ -7,10 +7,10 @@ from typing import Any
 import orjson
 import pytest
 
-from edge import codec, sse
-from service.engine import TurnEngine
-from service.errors import UpstreamError
-from service.providers.base import (
+from switchboard.edge import codec, sse
+from switchboard.responses.v1 import events_pb2, response_pb2, responses_service_pb2
+from switchboard.service.pipeline.engine import TurnEngine
+from switchboard.service.providers.base import (
     Finish,
     ReasoningDelta,
     ReasoningSummaryDelta,
@@ -19,7 +19,7 @@ from service.providers.base import (
     ToolCallDelta,
     UsageDelta,
 )
-from switchboard.responses.v1 import events_pb2, response_pb2, responses_service_pb2
+from switchboard.shared.errors import UpstreamError
 from tests import openapi, wire
 from tests.streams import check_stream
 

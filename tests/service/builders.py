@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 from google.protobuf import struct_pb2
 
-from service.providers.base import Delta, TextDelta, ToolCallDelta, Turn
 from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
+from switchboard.service.providers.base import Delta, TextDelta, ToolCallDelta, Turn
 from tests.processes import kill_tree, launcher, track
 
 ROOT = Path(__file__).resolve().parents[2]

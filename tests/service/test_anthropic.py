@@ -10,16 +10,16 @@ import grpc
 import httpx
 import pytest
 
-from service.errors import ApiError, UpstreamError
-from service.providers.anthropic import AnthropicProvider, MessageStream
-from service.providers.anthropic_translate import (
+from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
+from switchboard.service.providers.anthropic import AnthropicProvider, MessageStream
+from switchboard.service.providers.anthropic_translate import (
     REFUSAL_TEXT,
     build_body,
     build_messages,
     parse_message,
     status_error,
 )
-from service.providers.base import (
+from switchboard.service.providers.base import (
     Delta,
     Finish,
     ReasoningDelta,
@@ -30,7 +30,7 @@ from service.providers.base import (
     Turn,
     UsageDelta,
 )
-from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
+from switchboard.shared.errors import ApiError, UpstreamError
 from tests.service.builders import (
     ASSISTANT,
     DEVELOPER,

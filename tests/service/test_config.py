@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from service.config import ConfigError, from_dict, load
+from switchboard.shared.config.errors import ConfigError
+from switchboard.shared.config.settings import from_dict, load
 
 BASE: dict[str, Any] = {"providers": [{"name": "local", "kind": "llama-cpp"},
                                       {"name": "vllm", "kind": "openai-chat", "base_url": "http://127.0.0.1:8000/v1/",
@@ -71,7 +72,7 @@ def test_workers_auto_is_one_per_core() -> None:
     assert from_dict({**BASE, "server": {"workers": "auto"}}, env={}).server.workers == len(os.sched_getaffinity(0))
     assert from_dict(BASE, env={}).server.workers == 1
 def test_group_commit_and_the_unix_socket() -> None:
-    from edge.server import grpc_target
+    from switchboard.edge.server import grpc_target
 
     config = from_dict(BASE, env={})
     assert config.store_commit_window == 0.002 and grpc_target(config) == "127.0.0.1:50051"

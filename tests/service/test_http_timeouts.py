@@ -12,11 +12,11 @@ import grpc
 import httpx
 import pytest
 
-from service.config import ConfigError
-from service.errors import UpstreamError
-from service.providers.base import Delta, TextDelta
-from service.providers.http import Timeouts
-from service.providers.openai_chat import OpenAIChatProvider
+from switchboard.service.providers.base import Delta, TextDelta
+from switchboard.service.providers.http import Timeouts
+from switchboard.service.providers.openai_chat import OpenAIChatProvider
+from switchboard.shared.config.errors import ConfigError
+from switchboard.shared.errors import UpstreamError
 from tests.service.builders import start_fake, user_turn
 
 SHORT = {"connect": 2, "first_byte": 1, "idle": 1, "total": 30}

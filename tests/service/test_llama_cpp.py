@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import ApiError, UpstreamError
-from service.local.generate import transcript
-from service.local.supervisor import describe_exit
-from service.local.worker import BadRequest, parse_job
-from service.providers.base import Turn
-from service.providers.chat_translate import build_body
-from service.providers.llama_cpp import FairQueue, LlamaCppProvider
 from switchboard.responses.v1 import content_pb2, items_pb2
+from switchboard.service.local.generate import transcript
+from switchboard.service.local.supervisor import describe_exit
+from switchboard.service.local.worker import BadRequest, parse_job
+from switchboard.service.providers.base import Turn
+from switchboard.service.providers.chat_translate import build_body
+from switchboard.service.providers.llama_cpp import FairQueue, LlamaCppProvider
+from switchboard.shared.errors import ApiError, UpstreamError
 
 
 def msg(role: items_pb2.MessageRole.ValueType, text: str) -> items_pb2.Item:

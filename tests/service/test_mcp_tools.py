@@ -7,13 +7,14 @@ from typing import Any
 
 import pytest
 
-from edge import codec
-from service.config import ConfigError, McpConfig, from_dict
-from service.crypto import Sealer
-from service.errors import ApiError
-from service.mcp import tools as mcp_tools
-from service.mcp.client import McpToolSpec
+from switchboard.edge import codec
 from switchboard.responses.v1 import items_pb2, responses_service_pb2, tools_pb2
+from switchboard.service.mcp import tools as mcp_tools
+from switchboard.service.mcp.client import McpToolSpec
+from switchboard.shared.config.errors import ConfigError
+from switchboard.shared.config.settings import McpConfig, from_dict
+from switchboard.shared.crypto import Sealer
+from switchboard.shared.errors import ApiError
 
 Request = responses_service_pb2.CreateResponseRequest
 ADD = McpToolSpec(name="add", input_schema={"type": "object"}, annotations={"readOnlyHint": True})

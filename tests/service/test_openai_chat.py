@@ -12,8 +12,8 @@ import grpc
 import httpx
 import pytest
 
-from service.errors import ApiError, UpstreamError
-from service.providers.base import (
+from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
+from switchboard.service.providers.base import (
     Delta,
     Finish,
     ReasoningDelta,
@@ -22,9 +22,9 @@ from service.providers.base import (
     Turn,
     UsageDelta,
 )
-from service.providers.chat_translate import build_body, build_messages, parse_completion, status_error
-from service.providers.openai_chat import OpenAIChatProvider
-from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
+from switchboard.service.providers.chat_translate import build_body, build_messages, parse_completion, status_error
+from switchboard.service.providers.openai_chat import OpenAIChatProvider
+from switchboard.shared.errors import ApiError, UpstreamError
 from tests.service.builders import (
     ASSISTANT,
     DEVELOPER,

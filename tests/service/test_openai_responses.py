@@ -11,8 +11,8 @@ import httpx
 import orjson
 import pytest
 
-from service.errors import UpstreamError
-from service.providers.base import (
+from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
+from switchboard.service.providers.base import (
     Delta,
     Finish,
     ReasoningDelta,
@@ -23,9 +23,14 @@ from service.providers.base import (
     Turn,
     UsageDelta,
 )
-from service.providers.openai_responses import OpenAIResponsesProvider
-from service.providers.openai_responses_translate import EventStream, build_body, build_input, parse_response
-from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, tools_pb2
+from switchboard.service.providers.openai_responses import OpenAIResponsesProvider
+from switchboard.service.providers.openai_responses_translate import (
+    EventStream,
+    build_body,
+    build_input,
+    parse_response,
+)
+from switchboard.shared.errors import UpstreamError
 from tests.openapi import validate_event, validate_response, validate_schema
 from tests.service.builders import (
     ASSISTANT,

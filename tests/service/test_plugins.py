@@ -1,4 +1,4 @@
-"""service.plugins, table-driven: plugin checks, file-parser, context-compression, truncation and response-healing."""
+"""pipeline.plugins, table-driven: plugin checks, file-parser, context-compression, truncation and response-healing."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from edge import codec
-from service.errors import ApiError
-from service.plugins import (
+from switchboard.edge import codec
+from switchboard.responses.v1 import items_pb2, response_pb2, responses_service_pb2
+from switchboard.service.pipeline.plugins import (
     check_plugins,
     compress,
     enabled_plugins,
@@ -20,7 +20,7 @@ from service.plugins import (
     parse_files,
     truncate_oldest,
 )
-from switchboard.responses.v1 import items_pb2, response_pb2, responses_service_pb2
+from switchboard.shared.errors import ApiError
 
 Request = responses_service_pb2.CreateResponseRequest
 Item = items_pb2.Item

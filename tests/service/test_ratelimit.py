@@ -19,17 +19,16 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from service.config import ConfigError
-from service.ratelimit import (
+from switchboard.service.routing.ratelimit import (
     Decision,
     MemoryRateLimiter,
-    RateLimitConfig,
     RedisRateLimiter,
     create_rate_limiter,
     headers,
-    parse_rate_limits,
     rejected,
 )
+from switchboard.shared.config.errors import ConfigError
+from switchboard.shared.config.limits import RateLimitConfig, parse_rate_limits
 from tests import redis_server
 
 

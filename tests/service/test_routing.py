@@ -10,9 +10,8 @@ from typing import Any
 import grpc
 import pytest
 
-from service.config import ConfigError
-from service.errors import ApiError, UpstreamError
-from service.routing import (
+from switchboard.responses.v1 import responses_service_pb2 as pb
+from switchboard.service.routing.router import (
     Attempt,
     Endpoint,
     Router,
@@ -22,7 +21,8 @@ from service.routing import (
     should_fall_back,
     with_retries,
 )
-from switchboard.responses.v1 import responses_service_pb2 as pb
+from switchboard.shared.config.errors import ConfigError
+from switchboard.shared.errors import ApiError, UpstreamError
 
 PROVIDERS = {"a", "b", "c", "d"}
 RAW: dict[str, Any] = {

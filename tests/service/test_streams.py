@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from service.streams import batches
+from switchboard.service.pipeline.streams import batches
 
 
 async def _items(count: int, *, pause_every: int = 0, fail_at: int | None = None) -> AsyncIterator[int]:

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from edge import codec
-from service.config import from_dict
-from service.errors import ApiError
-from service.requests import plan_tools
+from switchboard.edge import codec
 from switchboard.responses.v1 import responses_service_pb2
+from switchboard.service.pipeline.requests import plan_tools
+from switchboard.shared.config.settings import from_dict
+from switchboard.shared.errors import ApiError
 
 CONFIG = from_dict({"providers": [{"name": "fake", "kind": "llama-cpp"}]}, env={})
 FN = {"type": "function", "name": "get", "parameters": {"type": "object"}}
@@ -23,7 +23,7 @@ def request(**body: Any) -> responses_service_pb2.CreateResponseRequest:
 
 @pytest.mark.parametrize(("body", "upstream", "allowed", "omitted"), [
     ({"tools": [FN]}, ["get"], {"get"}, ()),
-    # `mcp` tools are run by the gateway (service.mcp): their functions join once the server is listed.
+    # `mcp` tools are run by the gateway (switchboard.service.mcp): their functions join once the server is listed.
     ({"tools": [FN, {"type": "web_search"}, {"type": "mcp", "server_label": "x"}]}, ["get"], {"get"},
      ("web_search",)),
     ({"tools": [FN], "tool_choice": "none"}, ["get"], set(), ()),

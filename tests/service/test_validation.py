@@ -1,4 +1,4 @@
-"""service.validation, table-driven: one row per rule (a bad value -> param, code, message), plus valid edge values.
+"""pipeline.validation, table-driven: one row per rule (a bad value -> param, code, message), plus valid edge values.
 
 The same tables run end to end over HTTP and gRPC in tests/e2e/test_validation_e2e.py.
 """
@@ -12,10 +12,10 @@ from typing import Any
 import grpc
 import pytest
 
-from edge import codec
-from service.errors import ApiError
-from service.validation import DEFAULT_LIMITS, Limits, validate
+from switchboard.edge import codec
 from switchboard.responses.v1 import responses_service_pb2
+from switchboard.service.pipeline.validation import DEFAULT_LIMITS, Limits, validate
+from switchboard.shared.errors import ApiError
 
 Request = responses_service_pb2.CreateResponseRequest
 BASE: dict[str, Any] = {"model": "fake/echo", "input": "hi"}

@@ -6,9 +6,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from service.store.base import Store
-from service.store.postgres import PostgresStore
-from service.store.sqlite import SQLiteStore
+from switchboard.service.store.base import Store
+from switchboard.service.store.postgres import PostgresStore
+from switchboard.service.store.sqlite import SQLiteStore
 from tests import pg
 
 StoreFactory = Callable[[], Awaitable[Store]]

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from service.store.base import Save, Store
-from service.store.batch import GroupCommitStore
+from switchboard.service.store.base import Save, Store
+from switchboard.service.store.batch import GroupCommitStore
 from tests.store.conftest import StoreFactory, open_backend
 from tests.store.test_store import IN_PROGRESS, A, B, request, response, user
 

@@ -9,12 +9,12 @@ import psycopg
 import pytest
 from google.protobuf import struct_pb2
 
-from service.store import migrations, open_store
-from service.store.base import CreateResponseRequest, Item, Response, Store, StreamEvent
-from service.store.postgres import PostgresStore
-from service.store.retention import run_retention
-from service.store.sqlite import SQLiteStore
 from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2
+from switchboard.service.store import migrations, open_store
+from switchboard.service.store.base import CreateResponseRequest, Item, Response, Store, StreamEvent
+from switchboard.service.store.postgres import PostgresStore
+from switchboard.service.store.retention import run_retention
+from switchboard.service.store.sqlite import SQLiteStore
 from tests.store.conftest import Databases, StoreFactory, open_backend
 
 A, B = "key_a", "key_b"

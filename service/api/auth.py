@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -10,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from service.errors import ApiError, to_status
+from switchboard.shared.crypto import key_id
+from switchboard.shared.errors import ApiError, to_status
 
 log = logging.getLogger(__name__)
 if TYPE_CHECKING:
@@ -27,11 +27,6 @@ def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
             scheme, _, token = text.partition(" ")
             return token.strip() if scheme.lower() == "bearer" and token.strip() else None
     return None
-
-
-def key_id(token: str) -> str:
-    """A stable, non-secret owner id for an API key."""
-    return "key_" + hashlib.sha256(token.encode()).hexdigest()[:24]
 
 
 class ApiKeys:

@@ -1,4 +1,5 @@
-"""OpenTelemetry set-up and request attributes. Export is OTLP, configured by the standard OTEL_* variables."""
+"""Per-request tracing in the pipeline: the request's observability fields on the current span, the name and links
+of an upstream call's span, and compact item summaries for gen_ai.*.messages."""
 
 from __future__ import annotations
 
@@ -6,47 +7,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from switchboard.responses.v1 import items_pb2, responses_service_pb2
+from switchboard.service.providers.base import message_text, role_name
 
 _KNOWN_TRACE_KEYS = ("trace_id", "trace_name", "span_name", "generation_name", "parent_span_id")
-_configured = False
-
-
-def setup(service_name: str, *, enabled: bool, grpc_server: bool = False, grpc_client: bool = False,
-          http_client: bool = False) -> None:
-    """Installs the SDK with an OTLP exporter and instruments the libraries; a no-op when disabled."""
-    global _configured
-    if not enabled or _configured:
-        return
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
-    if grpc_server:
-        from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
-
-        GrpcAioInstrumentorServer().instrument()  # type: ignore[no-untyped-call]
-    if grpc_client:
-        from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
-
-        GrpcAioInstrumentorClient().instrument()  # type: ignore[no-untyped-call]
-    if http_client:
-        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
-
-        AioHttpClientInstrumentor().instrument()
-    _configured = True
-
-
-def shutdown() -> None:
-    provider = trace.get_tracer_provider()
-    if isinstance(provider, TracerProvider):
-        provider.shutdown()
 
 
 def session_id(request: responses_service_pb2.CreateResponseRequest,
@@ -116,8 +82,6 @@ def item_summary(item: items_pb2.Item) -> dict[str, Any]:
     """A compact, readable form of an item for gen_ai.*.messages (recorded only when config allows)."""
     kind = item.WhichOneof("item")
     if kind == "message":
-        from service.providers.base import message_text, role_name
-
         return {"role": role_name(item.message.role), "content": message_text(item.message)}
     if kind == "function_call":
         return {"role": "assistant", "tool_call": {"id": item.function_call.call_id, "name": item.function_call.name,

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from service.errors import ApiError
-from service.turns import TurnRunner
 from switchboard.responses.v1 import events_pb2, items_pb2, response_pb2
 from switchboard.responses.v1 import responses_service_pb2 as pb
+from switchboard.service.pipeline.turns import TurnRunner
+from switchboard.shared.errors import ApiError
 
 _FINISHED = {response_pb2.RESPONSE_STATUS_COMPLETED, response_pb2.RESPONSE_STATUS_INCOMPLETE}
 
@@ -25,7 +25,7 @@ def error_frame(error: ApiError) -> pb.SessionEvent:
 
 
 def _check_frame(request: pb.CreateResponseRequest) -> ApiError | None:
-    from service.errors import invalid
+    from switchboard.shared.errors import invalid
 
     for name in ("stream", "background"):
         if request.HasField(name):

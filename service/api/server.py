@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import stat
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.auth import ApiKeys, AuthInterceptor
-from service.background import BackgroundWorker
-from service.config import Config, grpc_unix_path
-from service.ratelimit import RateLimiter
-from service.servicer import ResponsesServicer
-from service.store import Store
-from service.turns import TurnRunner
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
+from switchboard.service.api.auth import ApiKeys, AuthInterceptor
+from switchboard.service.api.servicer import ResponsesServicer
+from switchboard.service.pipeline.background import BackgroundWorker
+from switchboard.service.pipeline.turns import TurnRunner
+from switchboard.service.routing.ratelimit import RateLimiter
+from switchboard.service.store import Store
+from switchboard.shared.config.settings import Config, grpc_unix_path
+from switchboard.shared.process import raise_open_files_limit
 
 SERVICE_NAME = responses_service_pb2.DESCRIPTOR.services_by_name["Responses"].full_name
 _MAX_MESSAGE = 64 * 1024 * 1024
@@ -27,17 +27,6 @@ _MAX_MESSAGE = 64 * 1024 * 1024
 # CANCELLED (which the edge answers with 503 and Retry-After). gRPC's defaults (1000 / 3000) refused about 8% of a
 # burst of 2,000 streams.
 _MAX_PENDING_CALLS = 8192
-
-
-def raise_open_files_limit() -> int:
-    """Raises this process's soft limit of open files to its hard limit (a 1024 soft limit is common): every
-    concurrent stream holds a socket to its client or upstream. Returns the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def create_server(config: Config, runner: TurnRunner, *, store: Store | None = None,

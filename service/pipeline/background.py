@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from service.engine import Event, TurnEngine
-from service.errors import ApiError, internal
-from service.mcp.tools import seal_secrets
-from service.store import Job, Store, StoredResponse
-from service.turns import Started, TurnRunner
 from switchboard.responses.v1 import response_pb2, responses_service_pb2
+from switchboard.service.mcp.tools import seal_secrets
+from switchboard.service.pipeline.engine import Event, TurnEngine
+from switchboard.service.pipeline.turns import Started, TurnRunner
+from switchboard.service.store import Job, Store, StoredResponse
+from switchboard.shared.errors import ApiError, internal
 
 log = logging.getLogger(__name__)
 # A re-claimed job whose previous worker died after streaming part of the response.

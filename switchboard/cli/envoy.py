@@ -147,7 +147,7 @@ async def drain_envoy(admin_url: str, timeout: float, min_wait: float = 0.0) -> 
 class EnvoyProcess:
     def __init__(self, config_text: str, *, log_level: str = "warning", drain_time_s: int = 5,
                  launcher: list[str] | None = None) -> None:
-        """``launcher`` is a command prefix Envoy runs under (`switchboard serve` uses ``service.lifeline``)."""
+        """``launcher`` is a command prefix Envoy runs under (`switchboard serve` uses ``switchboard.cli.lifeline``)."""
         self.config_text = config_text
         self.launcher = launcher or []
         self.log_level = log_level
@@ -247,7 +247,7 @@ def _address(text: str) -> Address:
 
 def main(argv: list[str] | None = None) -> None:
     # For the Kubernetes pods (init container, preStop hooks); `switchboard serve` uses the API directly.
-    parser = argparse.ArgumentParser(prog="python -m service.envoy")
+    parser = argparse.ArgumentParser(prog="python -m switchboard.cli.envoy")
     sub = parser.add_subparsers(dest="command", required=True)
     render = sub.add_parser("render", help="write deploy/envoy/envoy.yaml with these addresses")
     render.add_argument("--template", required=True, type=Path)

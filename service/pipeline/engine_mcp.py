@@ -1,6 +1,7 @@
 """The turn engine's MCP items: `mcp_list_tools`, `mcp_call` and `mcp_approval_request`, with their events.
 
-Part of :class:`service.engine.TurnEngine` (a mixin), so ids, output indexes and sequence numbers still come from
+Part of :class:`~switchboard.service.pipeline.engine.TurnEngine`
+(a mixin), so ids, output indexes and sequence numbers still come from
 the one engine.
 """
 
@@ -9,8 +10,8 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
-from service.mcp.tools import McpRoute
 from switchboard.responses.v1 import events_pb2, items_pb2, response_pb2
+from switchboard.service.mcp.tools import McpRoute
 
 Event = events_pb2.StreamEvent
 

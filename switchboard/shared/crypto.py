@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 import os
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from service.errors import invalid
+from switchboard.shared.errors import invalid
 
 log = logging.getLogger(__name__)
 _VERSION = b"\x01"
+
+
+def key_id(token: str) -> str:
+    """A stable, non-secret owner id for an API key."""
+    return "key_" + hashlib.sha256(token.encode()).hexdigest()[:24]
 
 
 class Sealer:

@@ -10,16 +10,6 @@ from typing import Any, Literal, TypeVar
 
 import grpc
 
-from service.auth import ApiKeys, abort, owner_of
-from service.background import TERMINAL_STATUSES, BackgroundWorker, tail
-from service.engine import TurnEngine, new_id
-from service.errors import ApiError, internal, invalid
-from service.ratelimit import RateLimiter, headers, rejected
-from service.requests import COMPACTION_PURPOSE, expand_compactions, input_items, normalised_input_item
-from service.session import session
-from service.store import Store, StoredResponse
-from service.streams import batches
-from service.turns import Started, TurnRunner
 from switchboard.responses.v1 import (
     events_pb2,
     items_pb2,
@@ -29,6 +19,21 @@ from switchboard.responses.v1 import (
 from switchboard.responses.v1 import (
     responses_service_pb2 as pb,
 )
+from switchboard.service.api.auth import ApiKeys, abort, owner_of
+from switchboard.service.api.session import session
+from switchboard.service.pipeline.background import TERMINAL_STATUSES, BackgroundWorker, tail
+from switchboard.service.pipeline.engine import TurnEngine, new_id
+from switchboard.service.pipeline.requests import (
+    COMPACTION_PURPOSE,
+    expand_compactions,
+    input_items,
+    normalised_input_item,
+)
+from switchboard.service.pipeline.streams import batches
+from switchboard.service.pipeline.turns import Started, TurnRunner
+from switchboard.service.routing.ratelimit import RateLimiter, headers, rejected
+from switchboard.service.store import Store, StoredResponse
+from switchboard.shared.errors import ApiError, internal, invalid
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -1,6 +1,7 @@
 """`switchboard serve`: a supervisor whose children are the gRPC service, the HTTP edge and (when configured) Envoy.
 
-Each child runs under :mod:`service.lifeline`, so it is SIGKILLed by the kernel if serve dies, even by SIGKILL, and
+Each child runs under :mod:`switchboard.cli.lifeline`, so it is SIGKILLed by the kernel if serve dies, even by
+SIGKILL, and
 lives in a process group of its own, which serve stops as a whole (whatever the child started goes with it). The
 children start in order (service, edge, Envoy), each only once the previous one is ready. A child that dies is
 restarted after an exponential backoff; more than ``server.restart_limit`` restarts of one child within
@@ -23,13 +24,13 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from service.config import WORKER_ENV, Config, parse_address
-from service.envoy import EnvoyAddresses, EnvoyProcess, otlp_grpc_address, render_config
+from switchboard.cli.envoy import EnvoyAddresses, EnvoyProcess, otlp_grpc_address, render_config
+from switchboard.shared.config.settings import WORKER_ENV, Config, parse_address
+from switchboard.shared.process import EDGE_READY
 
 log = logging.getLogger("switchboard.supervisor")
 
 # What an edge process prints once it listens (edge/server.py).
-EDGE_READY = "HTTP edge process ready"
 _BACKOFF_FIRST = 0.25
 _BACKOFF_MAX = 8.0
 _KILL_WAIT = 5.0
@@ -55,7 +56,7 @@ class StartError(RuntimeError):
 
 
 def _launcher() -> list[str]:
-    return [sys.executable, "-m", "service.lifeline", str(os.getpid()), "--"]
+    return [sys.executable, "-m", "switchboard.cli.lifeline", str(os.getpid()), "--"]
 
 
 def _loopback(address: tuple[str, int]) -> tuple[str, int]:
@@ -233,7 +234,7 @@ class Supervisor:
     def __init__(self, config: Config, config_path: Path) -> None:
         self.config = config
         server = config.server
-        command = [sys.executable, "-m", "service.cli"]
+        command = [sys.executable, "-m", "switchboard.cli.main"]
         http_host, http_port = _loopback(parse_address(server.http, "server.http"))
         self.http_url = f"http://{http_host}:{http_port}"
         self.public_url = self.http_url

@@ -5,25 +5,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 
-from service.crypto import parse_key
+from switchboard.shared.config.errors import ConfigError
+from switchboard.shared.config.limits import RateLimitConfig, parse_rate_limits
+from switchboard.shared.config.routing import RoutingConfig, parse_routing
+from switchboard.shared.crypto import parse_key
 
-if TYPE_CHECKING:
-    from service.ratelimit import RateLimitConfig
-    from service.routing_config import RoutingConfig
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_ENVOY_TEMPLATE = REPO_ROOT / "deploy" / "envoy" / "envoy.yaml"
 PROVIDER_KINDS = ("openai-chat", "openai-responses", "anthropic", "llama-cpp")
 # Spellings of the stream event names where OpenAI (and OpenRouter) and Open Responses differ.
 EVENT_NAMES = ("openai", "open_responses")
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def parse_address(value: str, what: str) -> tuple[str, int]:
@@ -244,7 +239,6 @@ def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir:
         raise ConfigError(f"encryption_key: {exc}") from None
     if sealing_key is not None and len(sealing_key) != 32:
         raise ConfigError("encryption_key: must be 32 bytes, base64-encoded")
-    from service.routing_config import parse_routing
 
     store = str(data.get("store", Config.store))
     if data.get("store_env"):
@@ -290,20 +284,14 @@ def _commit_window(value: Any) -> float | None:
 
 
 def _routing_default() -> RoutingConfig:
-    from service.routing_config import RoutingConfig
-
     return RoutingConfig()
 
 
 def _rate_default() -> RateLimitConfig:
-    from service.ratelimit import RateLimitConfig
-
     return RateLimitConfig()
 
 
 def _rate_limits(raw: Any, env: dict[str, str]) -> RateLimitConfig:
-    from service.ratelimit import parse_rate_limits
-
     if isinstance(raw, dict) and raw.get("redis_url_env"):
         raw = {k: v for k, v in raw.items() if k != "redis_url_env"} | {"redis_url": env.get(str(raw["redis_url_env"]))}
     return parse_rate_limits(raw)

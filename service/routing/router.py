@@ -27,9 +27,9 @@ from typing import TypeVar
 import grpc
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from service.errors import ApiError, UpstreamError
-from service.routing_config import Endpoint, RoutedModel, RoutingConfig, parse_routing
 from switchboard.responses.v1 import responses_service_pb2 as pb
+from switchboard.shared.config.routing import Endpoint, RoutedModel, RoutingConfig, parse_routing
+from switchboard.shared.errors import ApiError, UpstreamError
 
 __all__ = [
     "Attempt", "Endpoint", "RoutedModel", "Router", "RoutingConfig", "is_transient", "parse_routing", "prime",

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from service.config import ConfigError
+from switchboard.shared.config.errors import ConfigError
 
 SERVICE_TIERS = ("default", "flex", "priority", "scale")
 _TOP_KEYS = {"cooldown_seconds", "max_retries", "retry_backoff", "models"}

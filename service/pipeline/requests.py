@@ -9,12 +9,6 @@ from dataclasses import dataclass, field
 import orjson
 from google.protobuf import struct_pb2
 
-from service.config import Config
-from service.crypto import Sealer
-from service.engine import EngineOptions, new_id
-from service.errors import invalid
-from service.mcp import tools as mcp_tools
-from service.providers.base import Turn
 from switchboard.responses.v1 import (
     content_pb2,
     items_pb2,
@@ -22,6 +16,12 @@ from switchboard.responses.v1 import (
     responses_service_pb2,
     tools_pb2,
 )
+from switchboard.service.mcp import tools as mcp_tools
+from switchboard.service.pipeline.engine import EngineOptions, new_id
+from switchboard.service.providers.base import Turn
+from switchboard.shared.config.settings import Config
+from switchboard.shared.crypto import Sealer
+from switchboard.shared.errors import invalid
 
 Request = responses_service_pb2.CreateResponseRequest
 
@@ -91,7 +91,7 @@ def plan_tools(request: Request, config: Config) -> ToolPlan:
                 names[flat.name] = (tool.namespace.name, inner.function.name)
                 functions.append(flat)
         elif kind == "mcp":
-            continue  # its functions are known once the server's tools are listed (service.mcp.tools)
+            continue  # its functions are known once the server's tools are listed (switchboard.service.mcp.tools)
         elif config.unsupported_tools == "reject":
             raise invalid(
                 f"Tool type {_tool_type(tool)!r} is not supported by this gateway.", f"tools[{index}].type",

@@ -1,4 +1,4 @@
-"""`python -m service.lifeline PARENT_PID -- PROGRAM ARGS...`: ties a child to its parent, then becomes PROGRAM.
+"""`python -m switchboard.cli.lifeline PARENT_PID -- PROGRAM ARGS...`: ties a child to its parent, then becomes PROGRAM.
 
 `switchboard serve` starts every child through this: it asks the kernel to SIGKILL the process when its parent dies
 (PR_SET_PDEATHSIG survives exec, so it also covers Envoy, which is not ours to change), checks that the parent is
@@ -29,7 +29,7 @@ def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) < 3 or argv[1] != "--" or not argv[0].isdigit():
-        raise SystemExit("usage: python -m service.lifeline PARENT_PID -- PROGRAM [ARGS...]")
+        raise SystemExit("usage: python -m switchboard.cli.lifeline PARENT_PID -- PROGRAM [ARGS...]")
     die_with_parent(int(argv[0]))
     if os.getpgrp() != os.getpid() and os.getsid(0) != os.getpid():  # a session leader already leads its group
         os.setpgid(0, 0)

@@ -2,7 +2,7 @@
 
 ``validate`` is pure (no I/O, no config) and raises ``invalid(...)`` for the first violation, naming the
 parameter the way OpenAI does (``metadata.<key>``, ``tools[2].name``, ``input[3].content[0].image_url``).
-It complements what ``service.requests.prepare`` checks (model form and provider, item kinds, missing input)
+It complements what ``requests.prepare`` checks (model form and provider, item kinds, missing input)
 and runs before it, so gRPC and HTTP callers get the same rules.
 """
 
@@ -19,8 +19,8 @@ from google.protobuf import json_format
 from jsonschema import exceptions as schema_exceptions  # type: ignore[import-untyped]
 from jsonschema import validators as schema_validators
 
-from service.errors import invalid
 from switchboard.responses.v1 import content_pb2, responses_service_pb2, tools_pb2
+from switchboard.shared.errors import invalid
 
 Request = responses_service_pb2.CreateResponseRequest
 MiB = 1024 * 1024

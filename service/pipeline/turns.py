@@ -16,16 +16,14 @@ import orjson
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from service import telemetry
-from service.config import Config
-from service.crypto import Sealer
-from service.engine import Event, TurnEngine
-from service.errors import ApiError, internal, invalid
-from service.mcp import tools as mcp_tools
-from service.mcp.calls import Outcome, execute
-from service.mcp.client import McpServer
-from service.metrics import Metrics
-from service.plugins import (
+from switchboard.responses.v1 import items_pb2, response_pb2, responses_service_pb2, tools_pb2
+from switchboard.responses.v1.items_pb2 import Item
+from switchboard.service.mcp import tools as mcp_tools
+from switchboard.service.mcp.calls import Outcome, execute
+from switchboard.service.mcp.client import McpServer
+from switchboard.service.pipeline import tracing
+from switchboard.service.pipeline.engine import Event, TurnEngine
+from switchboard.service.pipeline.plugins import (
     check_plugins,
     compress,
     enabled_plugins,
@@ -34,13 +32,15 @@ from service.plugins import (
     parse_files,
     truncate_oldest,
 )
-from service.providers.base import Delta, Finish, Provider, Turn
-from service.requests import Prepared, for_upstream, prepare
-from service.routing import Attempt, Router
-from service.store import Store
-from service.validation import validate
-from switchboard.responses.v1 import items_pb2, response_pb2, responses_service_pb2, tools_pb2
-from switchboard.responses.v1.items_pb2 import Item
+from switchboard.service.pipeline.requests import Prepared, for_upstream, prepare
+from switchboard.service.pipeline.validation import validate
+from switchboard.service.providers.base import Delta, Finish, Provider, Turn
+from switchboard.service.routing.router import Attempt, Router
+from switchboard.service.store import Store
+from switchboard.shared.config.settings import Config
+from switchboard.shared.crypto import Sealer
+from switchboard.shared.errors import ApiError, internal, invalid
+from switchboard.shared.metrics import Metrics
 
 Request = responses_service_pb2.CreateResponseRequest
 tracer = trace.get_tracer("switchboard.service")
@@ -173,7 +173,7 @@ class TurnRunner:
              trimming: bool = False) -> list[Attempt]:
         """The upstream attempts: `model`, then each of `models`, each over its endpoints in routing order.
         When the context may be trimmed per endpoint, no endpoint is ruled out for its context length."""
-        session_key = telemetry.session_id(request, metadata) or (
+        session_key = tracing.session_id(request, metadata) or (
             request.prompt_cache_key if request.HasField("prompt_cache_key") else None)
         estimate = estimate_tokens(prepared.turn.items)
         if not trimming:
@@ -198,7 +198,7 @@ class TurnRunner:
         started_at = time.monotonic()
         if resumed is not None:
             request = mcp_tools.open_secrets(request, self._sealer)
-        telemetry.annotate(request, metadata)
+        tracing.annotate(request, metadata)
         if history is None and request.HasField("previous_response_id") and request.previous_response_id:
             history = await self.history(owner, request.previous_response_id)
         prepared = self.prepare(request, stream=stream, timeout=timeout, history=history)
@@ -450,8 +450,8 @@ class TurnRunner:
                 attributes[key] = value
         if self._config.record_content:
             attributes["gen_ai.input.messages"] = orjson.dumps(
-                [telemetry.item_summary(item) for item in turn.items]).decode()
-        name, links = telemetry.generation_span(request.trace if request.HasField("trace") else None,
+                [tracing.item_summary(item) for item in turn.items]).decode()
+        name, links = tracing.generation_span(request.trace if request.HasField("trace") else None,
                                                 f"chat {attempt.endpoint.model}")
         return tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes, links=links)
 
@@ -494,7 +494,7 @@ class TurnRunner:
             span.set_attribute("gen_ai.response.finish_reasons", [finish_reason])
         if self._config.record_content:
             span.set_attribute("gen_ai.output.messages", orjson.dumps(
-                [telemetry.item_summary(item) for item in response.output]).decode())
+                [tracing.item_summary(item) for item in response.output]).decode())
         if response.status == response_pb2.RESPONSE_STATUS_FAILED:
             span.set_status(Status(StatusCode.ERROR, response.error.code))
         span.end()

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from service.engine_mcp import McpItems, new_id
-from service.errors import ApiError, UpstreamError, response_error_code
-from service.mcp.tools import McpRoute
-from service.providers.base import (
+from switchboard.responses.v1 import content_pb2, events_pb2, items_pb2, response_pb2
+from switchboard.service.mcp.tools import McpRoute
+from switchboard.service.pipeline.engine_mcp import McpItems, new_id
+from switchboard.service.providers.base import (
     Delta,
     Finish,
     ReasoningDelta,
@@ -28,7 +28,7 @@ from service.providers.base import (
     ToolCallDelta,
     UsageDelta,
 )
-from switchboard.responses.v1 import content_pb2, events_pb2, items_pb2, response_pb2
+from switchboard.shared.errors import ApiError, UpstreamError, response_error_code
 
 Event = events_pb2.StreamEvent
 __all__ = ["COMPLETED", "INCOMPLETE", "IN_PROGRESS", "EngineOptions", "Event", "TurnEngine", "logprob_pb", "new_id"]
@@ -328,7 +328,7 @@ class TurnEngine(McpItems):
         events.append(self._event(output_item_done=events_pb2.OutputItemEvent(output_index=opened.index, item=copy)))
         return events
 
-    # ------------------------------------------------------------ MCP tool rounds (items: service.engine_mcp)
+    # ------------------------------------------------------------ MCP tool rounds (items: pipeline.engine_mcp)
 
     def end_round(self) -> list[Event]:
         """The upstream call ended with MCP calls to run: closes its items; the next call starts a new round."""

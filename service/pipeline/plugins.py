@@ -21,8 +21,8 @@ import grpc
 import json_repair
 import pypdf
 
-from service.errors import ApiError, invalid
 from switchboard.responses.v1 import content_pb2, items_pb2, response_pb2, responses_service_pb2
+from switchboard.shared.errors import ApiError, invalid
 
 Request = responses_service_pb2.CreateResponseRequest
 Item = items_pb2.Item

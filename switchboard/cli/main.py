@@ -1,5 +1,5 @@
 """The `switchboard` command: serve (a supervisor of the service, the edge and optional Envoy; see
-:mod:`service.supervisor`), service, edge."""
+:mod:`switchboard.cli.supervisor`), service, edge."""
 
 from __future__ import annotations
 
@@ -12,15 +12,16 @@ from pathlib import Path
 
 import uvloop
 
-from service import metrics, telemetry
-from service.background import BackgroundWorker
-from service.config import Config, ConfigError, load, parse_address
-from service.providers.registry import build_all
-from service.ratelimit import create_rate_limiter
-from service.server import create_server, mark_serving
-from service.store import open_store
-from service.store.retention import run_retention
-from service.turns import TurnRunner
+from switchboard.service.api.server import create_server, mark_serving
+from switchboard.service.pipeline.background import BackgroundWorker
+from switchboard.service.pipeline.turns import TurnRunner
+from switchboard.service.providers.registry import build_all
+from switchboard.service.routing.ratelimit import create_rate_limiter
+from switchboard.service.store import open_store
+from switchboard.service.store.retention import run_retention
+from switchboard.shared import metrics, telemetry
+from switchboard.shared.config.errors import ConfigError
+from switchboard.shared.config.settings import Config, load, parse_address
 
 log = logging.getLogger("switchboard")
 
@@ -97,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "edge":
-            from edge.server import run
+            from switchboard.edge.server import run
 
             run(config)
         elif args.command == "service":
             uvloop.run(run_service(config))
         else:
-            from service.supervisor import supervise
+            from switchboard.cli.supervisor import supervise
 
             # A plain asyncio loop: serve only spawns and watches processes.
             return asyncio.run(supervise(config, args.config))
