@@ -1,6 +1,6 @@
 """Where the gateway's time goes: sample the service and edge processes with py-spy under load.
 
-    /work/venv/bin/pip install py-spy     # not a project dependency
+    .venv/bin/pip install py-spy     # not a project dependency
     python -m bench.profile [--path edge|grpc|envoy|stream] [--seconds 8] [--concurrency 16] [--top 25]
 
 Starts the same stack as bench.latency, drives the chosen path with the raw keep-alive client (or gRPC), records
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
-        print("py-spy is not installed: /work/venv/bin/pip install py-spy", file=sys.stderr)
+        print("py-spy is not installed: .venv/bin/pip install py-spy", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     bench = start_bench()

@@ -19,10 +19,9 @@ from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import grpc
+import httpx
 import orjson
-
-# httpx-sse's decoder implements the WHATWG event-stream field rules; aiohttp only hands us lines.
-from httpx_sse._decoders import SSEDecoder
+from httpx_sse import EventSource
 
 from switchboard.service.providers.base import Delta, Turn
 from switchboard.shared.config.errors import ConfigError
@@ -175,24 +174,25 @@ class _Clock:
                              retryable=retryable and which != "deadline")
 
 
+class _Body(httpx.AsyncByteStream):
+    """The upstream's body chunks, as the byte stream of an httpx response (what httpx-sse reads)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._chunks:
+            yield chunk
+
+
 async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, str]]:
-    """(event, data) pairs of an event stream. Lines may end in LF, CRLF or CR, and may be longer than
-    aiohttp's readline limit (a final snapshot can be large), so lines are split here."""
-    decoder = SSEDecoder()
-    pending = b""
-    async for chunk in chunks:
-        pending += chunk
-        if b"\r" in pending:
-            pending = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            sse = decoder.decode(line.decode())
-            if sse is not None:
-                yield sse.event, sse.data
-    if pending:
-        sse = decoder.decode(pending.decode())
-        if sse is not None:
-            yield sse.event, sse.data
+    """(event, data) pairs of an event stream, by httpx-sse's public `EventSource` (the WHATWG event-stream rules:
+    lines may end in LF, CRLF or CR, fields, comments, multi-line data). aiohttp reads the body; its chunks are
+    handed to httpx-sse as an httpx response's stream, so lines may be longer than aiohttp's readline limit (a
+    final snapshot can be large)."""
+    response = httpx.Response(200, headers={"content-type": "text/event-stream; charset=utf-8"}, stream=_Body(chunks))
+    async for sse in EventSource(response).aiter_sse():
+        yield sse.event, sse.data
 
 
 class HttpProvider(ABC):
