@@ -87,13 +87,26 @@ def _event_models() -> dict[str, type[BaseModel]]:
     return models
 
 
+# OpenAI features Open Responses lacks, each listed in docs/compatibility.md: (a) alone judges them.
+OPENAI_ONLY_TOOLS = {"namespace", "mcp"}
+OPENAI_ONLY_ITEMS = {"mcp_list_tools", "mcp_call", "mcp_approval_request", "mcp_approval_response"}
+
+
+def _openai_only(value: Any, kinds: set[str]) -> bool:
+    return isinstance(value, dict) and value.get("type") in kinds
+
+
 def _open_responses_view(response: Any) -> Any:
-    """A response as (b) is asked to judge it: without the OpenAI features Open Responses lacks, each listed in
-    docs/compatibility.md (namespace tools in the echoed `tools`)."""
-    if isinstance(response, dict) and isinstance(response.get("tools"), list):
-        tools = [t for t in response["tools"] if not (isinstance(t, dict) and t.get("type") == "namespace")]
-        return {**response, "tools": tools}
-    return response
+    """A response as (b) is asked to judge it: without the OpenAI features Open Responses lacks (namespace and MCP
+    tools in the echoed `tools`, MCP items in `output`)."""
+    if not isinstance(response, dict):
+        return response
+    view = dict(response)
+    if isinstance(view.get("tools"), list):
+        view["tools"] = [t for t in view["tools"] if not _openai_only(t, OPENAI_ONLY_TOOLS)]
+    if isinstance(view.get("output"), list):
+        view["output"] = [i for i in view["output"] if not _openai_only(i, OPENAI_ONLY_ITEMS)]
+    return view
 
 
 def check_response(data: Any) -> None:
@@ -114,6 +127,8 @@ def check_event(data: Any) -> None:
     view = {**data, "type": OPEN_RESPONSES_NAMES.get(kind, kind)}
     if view["type"] not in openapi.event_types():
         return  # an event only OpenAI defines (such as the MCP events): (a) alone judges it
+    if _openai_only(view.get("item"), OPENAI_ONLY_ITEMS):
+        return  # an event about an item only OpenAI defines: (a) alone judges it
     if "response" in view:
         view["response"] = _open_responses_view(view["response"])
     openapi.validate_event(view)
@@ -127,7 +142,8 @@ def check_error(data: Any) -> None:
 def check_items(data: Any) -> None:
     _strict(ResponseItemList, data)
     for item in data["data"]:
-        openapi.validate_schema("ItemField", item)
+        if not _openai_only(item, OPENAI_ONLY_ITEMS):
+            openapi.validate_schema("ItemField", item)
 
 
 def check_compaction(data: Any) -> None:

@@ -95,6 +95,7 @@ class TurnEngine(McpItems):
         self._finish: str | None = None
         # Why the response must end incomplete although the upstream finished (a tool limit was hit).
         self._limit: str | None = None
+        self.limit: str | None = None
         # `mcp_call` items whose arguments are complete and that wait for their result, by output index.
         self.pending_mcp: list[int] = []
         self.terminal = False
@@ -333,10 +334,7 @@ class TurnEngine(McpItems):
     def end_round(self) -> list[Event]:
         """The upstream call ended with MCP calls to run: closes its items; the next call starts a new round."""
         events = self._close_all(COMPLETED)
-        u, b = self._usage, self._banked
-        self._banked = UsageDelta(
-            input_tokens=u.input_tokens + b.input_tokens, output_tokens=u.output_tokens + b.output_tokens,
-            cached_tokens=u.cached_tokens + b.cached_tokens, reasoning_tokens=u.reasoning_tokens + b.reasoning_tokens)
+        self._banked = self._banked + self._usage
         self._usage = UsageDelta()
         self._round_calls = 0
         self._dropped_calls = set()
@@ -349,9 +347,13 @@ class TurnEngine(McpItems):
     def stopped(self) -> bool:
         return self._limit is not None
 
-    def stop(self, reason: str) -> None:
-        """The response ends incomplete with this reason (a tool limit), whatever the upstream says."""
-        self._limit = self._limit or reason
+    def stop(self, limit: str) -> None:
+        """The response ends incomplete because of a tool-loop limit (`max_tool_calls`, `mcp_time_budget`), whatever
+        the upstream says. OpenAI's incomplete reasons are a closed set that strict clients check, so the wire says
+        `max_messages` (the loop ran out of turns); the limit itself is kept in `limit` for logs and spans."""
+        if self.limit is None:
+            self.limit = limit
+            self._limit = "max_messages"
 
     def _close_current(self, status: int) -> list[Event]:
         current, self._current = self._current, None
@@ -427,10 +429,7 @@ class TurnEngine(McpItems):
         return events
 
     def _set_usage(self) -> None:
-        u, b = self._usage, self._banked
-        u = UsageDelta(input_tokens=u.input_tokens + b.input_tokens, output_tokens=u.output_tokens + b.output_tokens,
-                       cached_tokens=u.cached_tokens + b.cached_tokens,
-                       reasoning_tokens=u.reasoning_tokens + b.reasoning_tokens)
+        u = self._banked + self._usage
         self.response.usage.CopyFrom(response_pb2.Usage(
             input_tokens=u.input_tokens,
             output_tokens=u.output_tokens,

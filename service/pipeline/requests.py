@@ -197,7 +197,8 @@ def conversation(request: Request, inputs: list[items_pb2.Item], history: list[i
         system.message.content.text = request.instructions
         items.append(system)
     known = {item_id(i): i for i in history if item_id(i)}
-    known.update((item_id(i), i) for i in inputs if item_id(i))
+    # A reference carries the id of the item it names: it must not stand for that item.
+    known.update((item_id(i), i) for i in inputs if item_id(i) and i.WhichOneof("item") != "item_reference")
     for item in history:
         items.extend(_expand(item, "previous_response_id", sealer, known))
     for index, item in enumerate(inputs):

@@ -492,6 +492,9 @@ class TurnRunner:
         span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
         if finish_reason is not None:
             span.set_attribute("gen_ai.response.finish_reasons", [finish_reason])
+        if started.engine.limit is not None:
+            span.set_attribute("switchboard.incomplete.limit", started.engine.limit)
+            log.info("response %s ends incomplete: %s reached", response.id, started.engine.limit)
         if self._config.record_content:
             span.set_attribute("gen_ai.output.messages", orjson.dumps(
                 [tracing.item_summary(item) for item in response.output]).decode())

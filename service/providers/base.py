@@ -7,7 +7,7 @@ items or events: the turn engine does that, in one place.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Literal, Protocol
 
 from switchboard.responses.v1 import items_pb2, response_pb2, tools_pb2
@@ -71,6 +71,10 @@ class UsageDelta:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     cache_write_tokens: int = 0
+
+    def __add__(self, other: UsageDelta) -> UsageDelta:
+        """The usage of two upstream calls together (the rounds of one response)."""
+        return UsageDelta(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 @dataclass(frozen=True, slots=True)
