@@ -1,10 +1,10 @@
 """Runs one model worker process and keeps it running.
 
-The supervisor resolves the model file (assembling a packaged one first), spawns
-``python -m switchboard.service.local.worker``,
-waits until its Unix socket answers ``/health``, and restarts it with exponential backoff when it dies (each exit
-logged with its status or signal). A worker that cannot load its file (exit status 3 with a ``FATAL`` line) is not
-restarted: the model stays failed, and :meth:`Supervisor.check` raises that cause on every request.
+The supervisor resolves the model file (assembling a packaged one first), spawns ``python -m
+switchboard.service.local.worker``, waits until its Unix socket answers ``/health``, and restarts it with exponential
+backoff when it dies (each exit logged with its status or signal). A worker that cannot load its file (exit status 3
+with a ``FATAL`` line) is not restarted: the model stays failed, and :meth:`Supervisor.check` raises that cause on every
+request.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """The turn engine's MCP items: `mcp_list_tools`, `mcp_call` and `mcp_approval_request`, with their events.
 
-Part of :class:`~switchboard.service.pipeline.engine.TurnEngine`
-(a mixin), so ids, output indexes and sequence numbers still come from
-the one engine.
+Part of :class:`~switchboard.service.pipeline.engine.TurnEngine` (a mixin), so ids, output indexes and sequence numbers
+still come from the one engine.
 """
 
 from __future__ import annotations

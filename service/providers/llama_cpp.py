@@ -1,11 +1,10 @@
 """The embedded local models, each in its own worker process, reached over a Unix socket.
 
 The provider supervises one worker per model (:mod:`switchboard.service.local.supervisor`) and talks to it with the
-OpenAI
-Chat Completions API through the shared HTTP provider code, so a crash in llama.cpp ends only that model's requests
-and the worker is restarted. Requests to one model wait in a fair FIFO queue of bounded size; a request cancelled
-while it waits leaves the queue, and one cancelled while it generates closes its connection, which stops the worker's
-generation between tokens.
+OpenAI Chat Completions API through the shared HTTP provider code, so a crash in llama.cpp ends only that model's
+requests and the worker is restarted. Requests to one model wait in a fair FIFO queue of bounded size; a request
+cancelled while it waits leaves the queue, and one cancelled while it generates closes its connection, which stops the
+worker's generation between tokens.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """A provider for any OpenAI Chat Completions server: OpenAI, vLLM, llama.cpp, SGLang, OpenRouter, ...
 
-The request/response translation lives in :mod:`switchboard.service.providers.chat_translate`; the HTTP side
-(pooled client,
-timeouts, cancellation, error mapping) in :mod:`switchboard.service.providers.http`. This module folds stream chunks.
+The request/response translation lives in :mod:`switchboard.service.providers.chat_translate`; the HTTP side (pooled
+client, timeouts, cancellation, error mapping) in :mod:`switchboard.service.providers.http`. This module folds stream
+chunks.
 """
 
 from __future__ import annotations

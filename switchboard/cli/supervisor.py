@@ -1,12 +1,11 @@
 """`switchboard serve`: a supervisor whose children are the gRPC service, the HTTP edge and (when configured) Envoy.
 
-Each child runs under :mod:`switchboard.cli.lifeline`, so it is SIGKILLed by the kernel if serve dies, even by
-SIGKILL, and
-lives in a process group of its own, which serve stops as a whole (whatever the child started goes with it). The
-children start in order (service, edge, Envoy), each only once the previous one is ready. A child that dies is
-restarted after an exponential backoff; more than ``server.restart_limit`` restarts of one child within
-``server.restart_window`` seconds stop everything, and serve exits 1 naming the child and how it ended. SIGTERM or
-SIGINT stops Envoy (after draining it), then the edge and the service together, all within ``server.grace``.
+Each child runs under :mod:`switchboard.cli.lifeline`, so it is SIGKILLed by the kernel if serve dies, even by SIGKILL,
+and lives in a process group of its own, which serve stops as a whole (whatever the child started goes with it). The
+children start in order (service, edge, Envoy), each only once the previous one is ready. A child that dies is restarted
+after an exponential backoff; more than ``server.restart_limit`` restarts of one child within ``server.restart_window``
+seconds stop everything, and serve exits 1 naming the child and how it ended. SIGTERM or SIGINT stops Envoy (after
+draining it), then the edge and the service together, all within ``server.grace``.
 
 serve itself holds no gRPC channel, model or store: it only spawns, watches and probes.
 """
