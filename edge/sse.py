@@ -13,10 +13,17 @@ from switchboard.responses.v1 import events_pb2, response_pb2
 DONE = b"data: [DONE]\n\n"
 
 
+# "event: <type>\ndata: " per event type, built once.
+_PREFIXES: dict[str, bytes] = {}
+
+
 def frame(event: events_pb2.StreamEvent) -> bytes:
     data = codec.encode(event)
     kind: str = data["type"]
-    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+    prefix = _PREFIXES.get(kind)
+    if prefix is None:
+        prefix = _PREFIXES[kind] = b"event: " + kind.encode() + b"\ndata: "
+    return b"".join((prefix, orjson.dumps(data), b"\n\n"))
 
 
 class StreamTracker:
