@@ -199,7 +199,7 @@ def _plain_step(names: tuple[str, ...]) -> Callable[[Any, dict[str, Any]], None]
         return plain_one
 
     def plain_run(msg: Any, out: dict[str, Any]) -> None:
-        out.update(zip(names, getter(msg)))
+        out.update(zip(names, getter(msg), strict=True))
 
     return plain_run
 
