@@ -50,6 +50,8 @@ class ServerConfig:
     metrics: str | None = None
     # Where Envoy sends its spans (OTLP/gRPC HOST:PORT); defaults to the OTEL_EXPORTER_OTLP_* endpoint.
     envoy_otlp: str | None = None
+    # The edge serves the browser playground at /playground (its API calls need a key like any other).
+    playground: bool = True
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class ProviderConfig:
     api_key: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    # The environment variable the key came from (for `switchboard doctor`; the key itself is `api_key`).
+    api_key_env: str | None = None
+    # Upstream model ids this provider serves, listed by /v1/models as `<name>/<model>`.
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,9 @@ def _provider(raw: Any, index: int, env: dict[str, str]) -> ProviderConfig:
     if kind in ("openai-chat", "openai-responses") and not base_url:
         raise ConfigError(f"{where}.base_url: required for kind {kind}")
     headers = raw.pop("headers", None) or {}
+    models = raw.pop("models", None) or []
+    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+        raise ConfigError(f"{where}.models: expected a list of upstream model ids")
     return ProviderConfig(
         name=name,
         kind=kind,
@@ -144,6 +153,8 @@ def _provider(raw: Any, index: int, env: dict[str, str]) -> ProviderConfig:
         api_key=api_key,
         headers={str(k): str(v) for k, v in headers.items()},
         options=raw,
+        api_key_env=str(key_env) if key_env else None,
+        models=tuple(models),
     )
 
 
