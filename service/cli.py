@@ -25,6 +25,7 @@ from service.ratelimit import create_rate_limiter
 from service.server import create_server, mark_serving
 from service.store import open_store
 from service.store.retention import run_retention
+from service.summary import startup_summary
 from service.turns import TurnRunner
 
 log = logging.getLogger("switchboard")
@@ -127,6 +128,7 @@ async def serve_all(config: Config, config_path: Path) -> None:
             env_host, env_port = parse_address(config.server.envoy, "server.envoy")
             public = f"http://{'127.0.0.1' if env_host in ('0.0.0.0', '::') else env_host}:{env_port}"
             _say(f"Envoy listening on {public}")
+        _say(startup_summary(config))
         _say("ready. Try:\n  curl " + public + "/v1/responses -H 'content-type: application/json'"
              + (" -H 'authorization: Bearer $KEY'" if config.api_keys else "")
              + " -d '{\"input\": \"Say hello\"}'")

