@@ -193,7 +193,7 @@ class GrpcTransport:
                                                    metadata=self._metadata, timeout=600):
                 yield codec.encode(event)
         except grpc.RpcError as exc:
-            yield {"type": "error", "message": f"{exc.code().name}: {exc.details()}"}  # type: ignore[attr-defined]
+            yield {"type": "error", "message": f"{exc.code().name}: {exc.details()}"}
 
     def close(self) -> None:
         self._channel.close()

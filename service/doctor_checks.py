@@ -240,6 +240,7 @@ def check_envoy(config: Config) -> list[Result]:
         return results
     try:
         server = config.server
+        assert server.envoy is not None
         addresses = envoy.EnvoyAddresses(
             public=parse_address(server.envoy, "server.envoy"),
             edge=_loopback(parse_address(server.http, "server.http")),

@@ -9,23 +9,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.e2e.stack import API_KEY, ROOT, Stack
+from tests.e2e.stack import API_KEY, ROOT, Process, Stack, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (scripts/test.sh)")
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs Debian's chromium (scripts/test.sh installs it)")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         yield browser
@@ -137,3 +139,24 @@ def test_page_is_static_and_api_calls_need_the_key(stack: Stack) -> None:
         # The page loads nothing from elsewhere (no CDN): every src/href is relative.
         assert "http://" not in page.text and "https://" not in page.text
         assert httpx.get(f"{base}/v1/models", timeout=30).status_code == 401
+
+
+def test_playground_off_is_a_404(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "edge.yaml"
+    config.write_text(yaml.safe_dump({"server": {"http": f"127.0.0.1:{port}", "grpc": f"127.0.0.1:{free_port()}",
+                                                 "playground": False}}))
+    edge = Process([sys.executable, "-m", "service.cli", "edge", "--config", str(config)], name="edge")
+    try:
+        reply = None
+        for _ in range(300):
+            try:
+                reply = httpx.get(f"http://127.0.0.1:{port}/playground/", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert reply is not None, "".join(edge.output)
+        assert reply.status_code == 404
+        assert reply.json()["error"]["type"] == "not_found_error"
+    finally:
+        edge.stop()
