@@ -191,7 +191,7 @@ async def check_store(config: Config) -> Result:
     have = max(versions, default=0)
     if have < latest:
         return Result("store", "warn", f"{what}: schema at version {have}, latest is {latest}",
-                      "", latency)
+                      "`switchboard serve` applies the pending migrations when it starts", latency)
     return Result("store", "ok", f"{what}: schema at the latest version ({latest})", latency_ms=latency)
 
 
