@@ -115,11 +115,14 @@ class Renderer:
             self._write(str(event.get("delta", "")), style="dim")
         elif kind.startswith("response.reasoning") and kind.endswith(".done") and "part" not in kind:
             self._newline()
-        elif kind == "response.output_item.done" and (event.get("item") or {}).get("type") == "function_call":
-            item = event["item"]
+        elif kind == "response.output_item.added" and (event.get("item") or {}).get("type") == "function_call":
+            # A tool call shows as it happens: its name first, then the arguments as they stream.
             self._newline()
-            self.out.print(f"→ tool call {item.get('name')}({item.get('arguments', '')})", style="cyan",
-                           markup=False, highlight=False, soft_wrap=True)
+            self._write(f"→ tool call {event['item'].get('name')}(", style="cyan")
+        elif kind == "response.function_call_arguments.delta":
+            self._write(str(event.get("delta", "")), style="cyan")
+        elif kind == "response.output_item.done" and (event.get("item") or {}).get("type") == "function_call":
+            self._write(f") [{event['item'].get('call_id', '')}]\n", style="cyan")
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
             self.response = event.get("response") or {}
             failure = (self.response.get("error") or {}).get("message")

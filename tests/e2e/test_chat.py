@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import re
 import secrets
 import subprocess
 import sys
 from typing import Any
 
+import httpx
 import pexpect
+from rich.console import Console
 
+from service.chat import Renderer
 from tests.e2e.stack import API_KEY, ROOT, Stack, upstream_requests
 
 CHAT = [sys.executable, "-m", "service.cli", "chat"]
@@ -111,3 +117,23 @@ def test_interactive_under_a_pseudo_terminal(stack: Stack) -> None:
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_tool_calls_render_as_they_stream(stack: Stack) -> None:
+    """The renderer fed with the gateway's real events for a streamed tool call."""
+    tool = {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {}}}
+    events = []
+    with httpx.stream("POST", f"{stack.http}/v1/responses", headers={"authorization": f"Bearer {API_KEY}"},
+                      json={"model": "fake/tool-call", "input": "time?", "tools": [tool], "stream": True},
+                      timeout=60) as reply:
+        for line in reply.iter_lines():
+            if line.startswith("data: {"):
+                events.append(json.loads(line[len("data: "):]))
+    assert "response.function_call_arguments.delta" in {e["type"] for e in events}
+    out, info = io.StringIO(), io.StringIO()
+    renderer = Renderer(Console(file=out, width=200), Console(file=info, width=200))
+    for event in events:
+        renderer.event(event)
+    renderer.finish()
+    assert re.fullmatch(r'→ tool call get_time\(\{"x": 1\}\) \[call_\w+\]\n', out.getvalue()), out.getvalue()
+    assert "fake/tool-call" in info.getvalue()
