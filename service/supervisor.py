@@ -25,6 +25,7 @@ from pathlib import Path
 
 from service.config import WORKER_ENV, Config, parse_address
 from service.envoy import EnvoyAddresses, EnvoyProcess, otlp_grpc_address, render_config
+from service.summary import startup_summary
 
 log = logging.getLogger("switchboard.supervisor")
 
@@ -299,6 +300,7 @@ class Supervisor:
                 say(f"Envoy listening on {self.public_url}")
 
     def _announce(self) -> None:
+        say(startup_summary(self.config))
         say("ready. Try:\n  curl " + self.public_url + "/v1/responses -H 'content-type: application/json'"
             + (" -H 'authorization: Bearer $KEY'" if self.config.api_keys else "")
             + " -d '{\"input\": \"Say hello\"}'")

