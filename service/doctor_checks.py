@@ -304,7 +304,8 @@ def check_embedded_model(provider: ProviderConfig) -> list[Result]:
         results.insert(0, Result(f"model {provider.name}", "fail", error, fix, latency))
     else:
         results.insert(0, Result(f"model {provider.name}", "ok",
-                                 f"loaded in {report['load_ms']:.0f} ms, 1 token in {report['token_ms']:.0f} ms",
+                                 f"{', '.join(report.get('models', []))}: loaded in {report['load_ms']:.0f} ms, "
+                                 f"1 token in {report['token_ms']:.0f} ms at most",
                                  latency_ms=latency))
     return results
 

@@ -1,8 +1,8 @@
-"""`python -m service.doctor_model OPTIONS_JSON`: loads the embedded model and generates one token.
+"""`python -m service.doctor_model OPTIONS_JSON`: loads the embedded models and has each generate one token.
 
 Run by `switchboard doctor` in a child process, so a crash in native code cannot take doctor down. Prints one
-JSON line: {ok, load_ms, token_ms, system_info} or {ok: false, error, system_info}. It drives the llama-cpp
-provider through its public API (warm_up, stream), as the service does.
+JSON line: {ok, load_ms, token_ms (the slowest model), models, system_info} or {ok: false, error, system_info}.
+It drives the llama-cpp provider through its public API (warm_up, model_ids, stream), as the service does.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from service.providers.base import TextDelta, Turn
+from service.providers.base import Turn
 from switchboard.responses.v1 import content_pb2, items_pb2
 
 
@@ -29,23 +29,30 @@ def _system_info() -> str:
 
 
 async def probe(options: dict[str, Any]) -> dict[str, Any]:
+    """Starts every model of the provider, then asks each for one token."""
     from service.providers.llama_cpp import LlamaCppProvider
 
     provider = LlamaCppProvider("doctor", **options)
+    tokens: dict[str, float] = {}
     try:
         started = time.monotonic()
         await provider.warm_up()
         loaded = time.monotonic()
         message = items_pb2.Message(role=items_pb2.MESSAGE_ROLE_USER, content=content_pb2.Content(text="Hello"))
-        turn = Turn(model="doctor", items=[items_pb2.Item(message=message)], max_output_tokens=1, temperature=0.0)
-        text = ""
-        async for delta in provider.stream(turn):
-            if isinstance(delta, TextDelta):
-                text += delta.text
-        done = time.monotonic()
+        for model_id in provider.model_ids:
+            began = time.monotonic()
+            turn = Turn(model=model_id, items=[items_pb2.Item(message=message)], max_output_tokens=1,
+                        temperature=0.0)
+            try:
+                async for _ in provider.stream(turn):
+                    pass
+            except Exception as exc:
+                raise RuntimeError(f"model {model_id}: {exc}") from exc
+            tokens[model_id] = (time.monotonic() - began) * 1000
     finally:
         await provider.aclose()
-    return {"ok": True, "load_ms": (loaded - started) * 1000, "token_ms": (done - loaded) * 1000, "text": text}
+    return {"ok": True, "load_ms": (loaded - started) * 1000, "token_ms": max(tokens.values(), default=0.0),
+            "models": list(tokens)}
 
 
 def main(argv: list[str]) -> int:
