@@ -190,13 +190,16 @@ def start_bench(extra: dict[str, Any] | None = None, server: dict[str, Any] | No
         bench = Bench(upstream_process, upstream, serve, log_path, tmp, ports["grpc"], f"http://{ports['http']}",
                       f"http://{ports['envoy']}", ports.get("envoy_grpc"))
         bench.pids["upstream"] = upstream_process.proc.pid
-        bench.pids["service"] = serve.pid
+        # `serve` supervises the children: the service, the edge and Envoy are its child processes.
         for child in _children(serve.pid):
             cmd = _cmdline(child)
             if "envoy" in cmd.split(" ", 1)[0]:
                 bench.pids["envoy"] = child
             elif "switchboard.cli.main edge" in cmd:
                 bench.pids["edge"] = child
+            elif "switchboard.cli.main service" in cmd:
+                bench.pids["service"] = child
+        bench.pids.setdefault("service", serve.pid)
         return bench
     except BaseException:
         if serve is not None and serve.poll() is None:

@@ -67,6 +67,11 @@ class Edge:
             await self._channel.close()
 
     @property
+    def channel(self) -> grpc.aio.Channel:
+        assert self._channel is not None, "Edge.open() was not awaited"
+        return self._channel
+
+    @property
     def rpc(self) -> Any:
         assert self._rpc is not None, "Edge.open() was not awaited"
         return self._rpc

@@ -11,6 +11,7 @@ Every message type gets one compiled encoder and one decoder, built on first use
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -163,16 +164,52 @@ def _field_encoder(field: FieldDescriptor) -> Encoder:
 def _fields_encoder(desc: Any, skip: str | None = None) -> Callable[[Any, dict[str, Any]], None]:
     """Writes the fields of a message (except the oneof ``skip``) into a dict."""
     steps: list[Callable[[Any, dict[str, Any]], None]] = []
+    # Runs of plain scalar fields (no presence, no conversion) are read with one attrgetter call; the order of
+    # the fields, and so of the JSON keys, stays that of the message.
+    run: list[str] = []
     for field in desc.fields:
         if skip is not None and field.containing_oneof is not None and field.containing_oneof.name == skip:
             continue
+        if _is_plain(field):
+            run.append(field.name)
+            continue
+        if run:
+            steps.append(_plain_step(tuple(run)))
+            run = []
         steps.append(_field_step(field))
+    if run:
+        steps.append(_plain_step(tuple(run)))
+    if len(steps) == 1:
+        return steps[0]
 
     def write(msg: Any, out: dict[str, Any]) -> None:
         for step in steps:
             step(msg, out)
 
     return write
+
+
+def _plain_step(names: tuple[str, ...]) -> Callable[[Any, dict[str, Any]], None]:
+    getter = operator.attrgetter(*names)
+    if len(names) == 1:
+        (only,) = names
+
+        def plain_one(msg: Any, out: dict[str, Any]) -> None:
+            out[only] = getter(msg)
+
+        return plain_one
+
+    def plain_run(msg: Any, out: dict[str, Any]) -> None:
+        out.update(zip(names, getter(msg), strict=True))
+
+    return plain_run
+
+
+def _is_plain(field: FieldDescriptor) -> bool:
+    """A singular scalar without presence whose Python value is its JSON value (what ``scalar_step`` writes)."""
+    return (not field.is_repeated and not field.has_presence and field.message_type is None
+            and field.type not in (FieldDescriptor.TYPE_ENUM, FieldDescriptor.TYPE_BYTES)
+            and not _opt(field, json_pb2.rest))
 
 
 def _field_step(field: FieldDescriptor) -> Callable[[Any, dict[str, Any]], None]:

@@ -13,6 +13,8 @@ from starlette.routing import Route, WebSocketRoute
 
 from switchboard.edge.app import Edge, error_response
 from switchboard.edge.errors import HttpError
+from switchboard.edge.models import model_routes
+from switchboard.edge.playground import playground_routes
 from switchboard.edge.resources import resource_routes
 from switchboard.edge.websocket import websocket_endpoint
 
@@ -35,7 +37,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error_response(HttpError(500, "server_error", "internal server error", code="internal_error"))
 
 
-def create_app(edge: Edge) -> Starlette:
+def create_app(edge: Edge, *, playground: bool = False) -> Starlette:
     """The public routes: create (JSON or SSE), the stored-response resources, WebSocket mode and health."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -49,6 +51,8 @@ def create_app(edge: Edge) -> Starlette:
         routes=[
             Route("/v1/responses", edge.create_response, methods=["POST"]),
             *resource_routes(edge),
+            *model_routes(edge),
+            *(playground_routes() if playground else ()),
             WebSocketRoute("/v1/responses", websocket_endpoint(edge)),
             Route("/healthz", edge.healthz, methods=["GET"]),
         ],

@@ -34,7 +34,7 @@ def build_app(config: Config) -> ASGIApp:
     edge = Edge(grpc_target(config), max_body_bytes=config.server.max_body_bytes,
                 request_timeout=config.server.request_timeout, forward_trace_headers=not config.otel_enabled,
                 event_names=config.server.event_names)
-    app: ASGIApp = create_app(edge)
+    app: ASGIApp = create_app(edge, playground=config.server.playground)
     if config.otel_enabled:
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 

@@ -25,10 +25,17 @@ def encode_event(message: Any, names: Mapping[str, str]) -> Any:
     return data
 
 
+# "event: <type>\ndata: " per event type, built once.
+_PREFIXES: dict[str, bytes] = {}
+
+
 def frame(event: events_pb2.StreamEvent, names: Mapping[str, str] | None = None) -> bytes:
     data = encode_event(event, names or {})
     kind: str = data["type"]
-    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+    prefix = _PREFIXES.get(kind)
+    if prefix is None:
+        prefix = _PREFIXES[kind] = b"event: " + kind.encode() + b"\ndata: "
+    return b"".join((prefix, orjson.dumps(data), b"\n\n"))
 
 
 class StreamTracker:

@@ -14,6 +14,13 @@ if ! python -c "import socket; socket.create_connection(('127.0.0.1', 5432), 1)"
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
 
+# The playground's browser tests drive Debian's chromium with Playwright (never a browser download of its own).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "== installing chromium (the playground's browser tests)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
 echo "== generated code is up to date"; python scripts/genproto.py --check
 echo "== buf lint"; (cd proto && buf lint)
 echo "== ruff"; ruff check .

@@ -10,8 +10,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
+from switchboard.responses.v1 import (
+    models_service_pb2,
+    models_service_pb2_grpc,
+    responses_service_pb2,
+    responses_service_pb2_grpc,
+)
 from switchboard.service.api.auth import ApiKeys, AuthInterceptor
+from switchboard.service.api.models import Catalog, ModelsServicer
 from switchboard.service.api.servicer import ResponsesServicer
 from switchboard.service.pipeline.background import BackgroundWorker
 from switchboard.service.pipeline.turns import TurnRunner
@@ -21,6 +27,7 @@ from switchboard.shared.config.settings import Config, grpc_unix_path
 from switchboard.shared.process import raise_open_files_limit
 
 SERVICE_NAME = responses_service_pb2.DESCRIPTOR.services_by_name["Responses"].full_name
+MODELS_SERVICE_NAME = models_service_pb2.DESCRIPTOR.services_by_name["Models"].full_name
 _MAX_MESSAGE = 64 * 1024 * 1024
 # Calls that reached the server but wait for the application to take them (grpc.aio takes them one loop turn at a
 # time): past the soft limit gRPC refuses a growing share of new calls at random, past the hard limit all, with
@@ -50,9 +57,11 @@ def create_server(config: Config, runner: TurnRunner, *, store: Store | None = N
     )
     responses_service_pb2_grpc.add_ResponsesServicer_to_server(
         ResponsesServicer(runner, keys, store=store, worker=worker, limiter=limiter), server)
+    models_service_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(Catalog(config)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    names = (SERVICE_NAME, MODELS_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
     port = server.add_insecure_port(address or config.server.grpc)
     if port == 0:
         raise OSError(f"cannot bind the gRPC server to {address or config.server.grpc}")

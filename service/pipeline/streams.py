@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
-_YIELD_EVERY = 32
+_YIELD_EVERY = 128
 
 
 class _End:

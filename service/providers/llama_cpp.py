@@ -144,6 +144,11 @@ class LlamaCppProvider:
                                      int(entry.get("n_ctx") or n_ctx))
         self._models: dict[str, _Model] = {}
 
+    @property
+    def model_ids(self) -> list[str]:
+        """The models this provider serves (``<provider>/<model id>`` to clients)."""
+        return list(self._specs)
+
     def _start(self) -> None:
         if self._models or not self._specs:
             return

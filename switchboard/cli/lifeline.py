@@ -9,22 +9,10 @@ Doing this after the spawn keeps the parent's spawn a plain posix_spawn (no pree
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import sys
 
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
-    """Delivers ``sig`` to this process when ``parent`` exits; exits at once when it already has."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:
-        raise SystemExit(f"switchboard: the parent process {parent} is gone; not starting")
+from switchboard.shared.process import die_with_parent
 
 
 def main(argv: list[str]) -> None:

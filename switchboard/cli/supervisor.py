@@ -24,6 +24,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from switchboard.cli.envoy import EnvoyAddresses, EnvoyProcess, otlp_grpc_address, render_config
+from switchboard.cli.summary import startup_summary
 from switchboard.shared.config.settings import WORKER_ENV, Config, parse_address
 from switchboard.shared.process import EDGE_READY
 
@@ -299,6 +300,7 @@ class Supervisor:
                 say(f"Envoy listening on {self.public_url}")
 
     def _announce(self) -> None:
+        say(startup_summary(self.config))
         say("ready. Try:\n  curl " + self.public_url + "/v1/responses -H 'content-type: application/json'"
             + (" -H 'authorization: Bearer $KEY'" if self.config.api_keys else "")
             + " -d '{\"input\": \"Say hello\"}'")

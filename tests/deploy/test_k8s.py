@@ -291,3 +291,9 @@ def test_every_rendered_config_loads_and_exposes_metrics(overlay: str) -> None:
     if overlay == "prod":
         assert service.store.startswith("postgresql://") and service.rate_limits.redis_url == SECRETS[
             "SWITCHBOARD_REDIS_URL"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_playground_is_off_in_prod_only(overlay: str) -> None:
+    edge = from_dict(config(overlay, "edge.yaml"), env=SECRETS)
+    assert edge.server.playground is (overlay != "prod")

@@ -276,3 +276,22 @@ def test_int64_are_numbers_and_unset_nullables_are_null() -> None:
     assert data["completed_at"] is None and data["error"] is None and data["usage"] is None
     assert "top_k" not in data
     openapi.validate_response(data)
+
+
+def test_delta_event_fields_and_key_order() -> None:
+    """A text delta is framed with its fields in the schema's order, its item id that of the open message, and
+    consecutive sequence numbers, however many deltas one item gets."""
+    engine = TurnEngine(response_pb2.Response(id="resp_1", object="response"))
+    events = engine.start()
+    for text in ("a", "b", "c"):
+        events += engine.feed(TextDelta(text))
+    deltas = [codec.encode(e) for e in events if e.WhichOneof("event") == "output_text_delta"]
+    item_id = engine.response.output[0].message.id
+    assert [list(d) for d in deltas] == [
+        ["type", "sequence_number", "item_id", "output_index", "content_index", "delta", "logprobs"]] * 3
+    assert [(d["item_id"], d["delta"], d["output_index"], d["content_index"]) for d in deltas] == [
+        (item_id, "a", 0, 0), (item_id, "b", 0, 0), (item_id, "c", 0, 0)]
+    numbers = [d["sequence_number"] for d in deltas]
+    assert numbers == list(range(numbers[0], numbers[0] + 3))
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert sse.frame(events[-1]) == b"event: response.output_text.delta\ndata: " + orjson.dumps(deltas[-1]) + b"\n\n"

@@ -16,6 +16,10 @@ from switchboard.shared.crypto import parse_key
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_ENVOY_TEMPLATE = REPO_ROOT / "deploy" / "envoy" / "envoy.yaml"
+# The embedded models that ship as packages (service/local/models.py knows where their files come from).
+SMOLLM2 = "smollm2-135m-instruct"
+GEMMA = "gemma-3-270m"
+PACKAGED_MODELS = (SMOLLM2, GEMMA)
 PROVIDER_KINDS = ("openai-chat", "openai-responses", "anthropic", "llama-cpp")
 # Spellings of the stream event names where OpenAI (and OpenRouter) and Open Responses differ.
 EVENT_NAMES = ("openai", "open_responses")
@@ -56,6 +60,8 @@ class ServerConfig:
     workers: int = 1
     # Stream event names where the specs differ: `openai` (OpenAI and OpenRouter) or `open_responses`.
     event_names: str = "openai"
+    # The edge serves the browser playground at /playground (its API calls need a key like any other).
+    playground: bool = True
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,10 @@ class ProviderConfig:
     api_key: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    # The environment variable the key came from (for `switchboard doctor`; the key itself is `api_key`).
+    api_key_env: str | None = None
+    # Upstream model ids this provider serves, listed by /v1/models as `<name>/<model>`.
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,6 +189,14 @@ def _provider(raw: Any, index: int, env: dict[str, str]) -> ProviderConfig:
     if kind in ("openai-chat", "openai-responses") and not base_url:
         raise ConfigError(f"{where}.base_url: required for kind {kind}")
     headers = raw.pop("headers", None) or {}
+    if kind == "llama-cpp":
+        # The embedded provider's `models` maps model ids to GGUF files: an option of the provider itself.
+        local = raw.get("models")
+        models: list[str] = list(local) if isinstance(local, dict) else list(PACKAGED_MODELS)
+    else:
+        models = raw.pop("models", None) or []
+        if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+            raise ConfigError(f"{where}.models: expected a list of upstream model ids")
     return ProviderConfig(
         name=name,
         kind=kind,
@@ -186,6 +204,8 @@ def _provider(raw: Any, index: int, env: dict[str, str]) -> ProviderConfig:
         api_key=api_key,
         headers={str(k): str(v) for k, v in headers.items()},
         options=raw,
+        api_key_env=str(key_env) if key_env else None,
+        models=tuple(models),
     )
 
 
