@@ -122,6 +122,8 @@ def wait_ready_again(stack: Stack, old_pid: int) -> int:
         return int(health["pid"]) if health.get("pid") != old_pid else None
 
     pid: int = wait_until(fresh, timeout=60)
+    # The worker answering its socket is not yet the service having seen it ready: wait for the service's own line.
+    wait_until(lambda: f"ready (worker pid {pid})" in "".join(stack.process.output), timeout=60)
     return pid
 
 
