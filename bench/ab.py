@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from dataclasses import dataclass, field
 
-import uvloop
-
-from bench.harness import Bench, CpuMeter, parse_settings, percentile, quiet_check, start_bench
+from bench.harness import Bench, CpuMeter, parse_settings, percentile, quiet_check, run_timed, start_bench
 from bench.latency import Target, concurrent, make_targets
 
 
@@ -95,10 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=400, help="requests per variant per round")
     parser.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args(argv)
-    started = time.monotonic()
-    uvloop.run(run(args))
-    print(f"\n(total {time.monotonic() - started:.0f} s)")
-    return 0
+    return run_timed(run, args)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-import uvloop
 
-from bench.harness import API_KEY, Bench, CpuMeter, RawHttp, parse_settings, percentile, quiet_check, start_bench
+from bench.harness import (
+    API_KEY,
+    Bench,
+    CpuMeter,
+    RawHttp,
+    parse_settings,
+    percentile,
+    quiet_check,
+    run_timed,
+    start_bench,
+)
 
 PROCESSES = ("envoy", "edge", "service", "upstream")
 AUTH = {"authorization": f"Bearer {API_KEY}"}
@@ -221,10 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a configuration key for the serve process; provider.KEY=YAML sets an option of "
                              "the fake upstream's provider; repeatable")
     args = parser.parse_args(argv)
-    started = time.monotonic()
-    uvloop.run(run(args))
-    print(f"\n(total {time.monotonic() - started:.0f} s)")
-    return 0
+    return run_timed(run, args)
 
 
 if __name__ == "__main__":

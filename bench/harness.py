@@ -8,6 +8,7 @@ benchmark process: that thread would compete with the load generator for the GIL
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import math
 import os
@@ -18,12 +19,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import uvloop
 import yaml
 
 from tests.e2e.stack import API_KEY, ROOT, Process, start_upstream, write_config
@@ -315,6 +317,14 @@ class RawHttp:
             await self.writer.wait_closed()
         except OSError:
             pass
+
+
+def run_timed(run: Callable[[argparse.Namespace], Coroutine[Any, Any, None]], args: argparse.Namespace) -> int:
+    """Runs a benchmark's coroutine on uvloop and prints its total time: the end of every bench's ``main``."""
+    started = time.monotonic()
+    uvloop.run(run(args))
+    print(f"\n(total {time.monotonic() - started:.0f} s)")
+    return 0
 
 
 def percentile(values: list[float], q: float) -> float:

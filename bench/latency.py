@@ -32,9 +32,18 @@ from typing import Any
 import grpc
 import httpx
 import orjson
-import uvloop
 
-from bench.harness import API_KEY, Bench, CpuMeter, RawHttp, parse_settings, percentile, quiet_check, start_bench
+from bench.harness import (
+    API_KEY,
+    Bench,
+    CpuMeter,
+    RawHttp,
+    parse_settings,
+    percentile,
+    quiet_check,
+    run_timed,
+    start_bench,
+)
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
 
 Call = Callable[[], Awaitable[None]]
@@ -300,10 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a configuration key for the serve process (e.g. store_commit_window=null, "
                              "server.grpc_target=unix:///tmp/sb.sock); repeatable")
     args = parser.parse_args(argv)
-    started = time.monotonic()
-    uvloop.run(run(args))
-    print(f"\n(total {time.monotonic() - started:.0f} s)")
-    return 0
+    return run_timed(run, args)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,9 @@ from typing import Any
 import grpc
 import httpx
 import orjson
-import uvloop
 from httpx_sse import aconnect_sse
 
-from bench.harness import API_KEY, Bench, CpuMeter, RawHttp, percentile, quiet_check, start_bench
+from bench.harness import API_KEY, Bench, CpuMeter, RawHttp, percentile, quiet_check, run_timed, start_bench
 from switchboard.responses.v1 import responses_service_pb2, responses_service_pb2_grpc
 
 PROCESSES = ("client", "envoy", "edge", "service", "upstream")
@@ -388,10 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in (args.model, args.short_model):
         if not model.startswith("fixed-") or not model[6:].isdigit():
             parser.error("--model and --short-model must be fixed-N")
-    started = time.monotonic()
-    uvloop.run(run(args))
-    print(f"\n(total {time.monotonic() - started:.0f} s)")
-    return 0
+    return run_timed(run, args)
 
 
 if __name__ == "__main__":
