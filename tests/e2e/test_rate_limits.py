@@ -212,7 +212,7 @@ def test_in_memory_tokens_per_minute(memory_stack: Stack) -> None:
     assert reply.headers["x-ratelimit-limit-tokens"] == str(TPM)
 
 
-# ---------------------------------------------------------------- paths that skip the limiter (bugs for the lead)
+# ---------------------------------------------------------------- paths that skip the limiter
 
 
 def test_background_requests_count_too(memory_stack: Stack) -> None:
