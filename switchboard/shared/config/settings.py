@@ -12,6 +12,7 @@ import yaml
 from switchboard.shared.config.errors import ConfigError
 from switchboard.shared.config.limits import RateLimitConfig, parse_rate_limits
 from switchboard.shared.config.routing import RoutingConfig, parse_routing
+from switchboard.shared.config.schema import validate_file
 from switchboard.shared.crypto import parse_key
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -210,6 +211,7 @@ def _provider(raw: Any, index: int, env: dict[str, str]) -> ProviderConfig:
 
 
 def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir: Path | None = None) -> Config:
+    validate_file(data)
     env = dict(os.environ) if env is None else env
     server_raw = dict(data.get("server") or {})
     unknown = set(server_raw) - set(ServerConfig.__dataclass_fields__)
