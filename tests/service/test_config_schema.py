@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,6 +13,17 @@ import jsonschema
 import pytest
 import yaml
 
+from switchboard.shared.config.limits import RateLimitConfig
+from switchboard.shared.config.routing import RoutingConfig
+from switchboard.shared.config.schema import (
+    BackgroundFile,
+    ConfigFile,
+    McpFile,
+    RateLimitsFile,
+    RoutingFile,
+    ServerFile,
+)
+from switchboard.shared.config.settings import BackgroundConfig, Config, McpConfig, ServerConfig, from_dict
 from tests.e2e.stack import write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,3 +72,26 @@ def test_the_configs_the_tests_write_validate(schema: dict[str, Any], tmp_path: 
 def test_the_schema_rejects_what_the_loader_rejects(schema: dict[str, Any], bad: dict[str, Any]) -> None:
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema, cls=jsonschema.Draft202012Validator)
+
+
+@pytest.mark.parametrize(("model", "section"), [
+    (ServerFile, ServerConfig), (BackgroundFile, BackgroundConfig), (McpFile, McpConfig),
+    (RoutingFile, RoutingConfig), (RateLimitsFile, RateLimitConfig), (ConfigFile, Config),
+])
+def test_the_schema_documents_the_defaults_the_code_uses(model: type[Any], section: type[Any]) -> None:
+    loaded = from_dict({}, env={})
+    fields = {f.name for f in dataclasses.fields(section)}
+    compared = 0
+    for name, spec in model.model_fields.items():
+        if name not in fields:
+            continue
+        actual = getattr(section(), name) if section is not Config else getattr(loaded, name)
+        if not isinstance(actual, type(None) | int | float | str | Path):
+            continue  # sections and collections: null in the file is their empty value
+        default = spec.get_default(call_default_factory=True)
+        if name == "envoy_config":
+            assert str(actual).endswith(default)
+        else:
+            assert actual == default, f"{model.__name__}.{name}"
+        compared += 1
+    assert compared >= 3

@@ -56,16 +56,18 @@ class ServerFile(_Section):
     envoy: Address | None = None
     envoy_grpc: Address | None = None
     envoy_admin: Address = "127.0.0.1:9901"
-    envoy_config: str = Field("deploy/envoy/envoy.yaml", description="Envoy template; relative to the config file")
-    grace: float = Field(30.0, ge=0, description="seconds in-flight calls get to finish on shutdown")
-    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
-    grpc_target: str | None = Field(None, description="where the edge reaches the service")
-    grpc_unix: str | None = Field(None, description="a Unix socket path the service listens on as well")
-    request_timeout: float = Field(600.0, gt=0, description="deadline of a unary call made by the edge, seconds")
-    metrics: Address | None = Field(None, description="Prometheus scrape endpoint of the service")
-    envoy_otlp: Address | None = Field(None, description="where Envoy sends its spans (OTLP/gRPC)")
-    restart_limit: int = Field(5, ge=0)
-    restart_window: float = Field(60.0, gt=0)
+    envoy_config: str = Field(default="deploy/envoy/envoy.yaml",
+                              description="Envoy template; relative to the config file")
+    grace: float = Field(default=30.0, ge=0, description="seconds in-flight calls get to finish on shutdown")
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    grpc_target: str | None = Field(default=None, description="where the edge reaches the service")
+    grpc_unix: str | None = Field(default=None, description="a Unix socket path the service listens on as well")
+    request_timeout: float = Field(default=600.0, gt=0,
+                                   description="deadline of a unary call made by the edge, seconds")
+    metrics: Address | None = Field(default=None, description="Prometheus scrape endpoint of the service")
+    envoy_otlp: Address | None = Field(default=None, description="where Envoy sends its spans (OTLP/gRPC)")
+    restart_limit: int = Field(default=5, ge=0)
+    restart_window: float = Field(default=60.0, gt=0)
     workers: Annotated[Annotated[int, Field(ge=1)] | Literal["auto"], BeforeValidator(_workers)] = 1
     event_names: Literal["openai", "open_responses"] = "openai"
     playground: bool = True
@@ -73,7 +75,7 @@ class ServerFile(_Section):
 
 class AuthFile(_Section):
     api_keys: list[str] = Field(default_factory=list)
-    api_keys_env: str | None = Field(None, description="environment variable with comma-separated API keys")
+    api_keys_env: str | None = Field(default=None, description="environment variable with comma-separated API keys")
 
 
 class ProviderFile(BaseModel):
@@ -87,7 +89,7 @@ class ProviderFile(BaseModel):
     api_key_env: str | None = None
     headers: dict[str, str] | None = None
     models: list[Annotated[str, Field(min_length=1)]] | dict[str, Any] | None = Field(
-        None, description="upstream model ids (llama-cpp: a mapping of model id to GGUF file)")
+        default=None, description="upstream model ids (llama-cpp: a mapping of model id to GGUF file)")
 
 
 class PricingFile(_Section):
@@ -120,7 +122,7 @@ class RoutedModelFile(_Section):
 
 class RoutingFile(_Section):
     cooldown_seconds: Price = 30.0
-    max_retries: int = Field(2, ge=0)
+    max_retries: int = Field(default=2, ge=0)
     retry_backoff: Price = 0.2
     models: list[RoutedModelFile] | None = None
 
@@ -141,8 +143,8 @@ class RateLimitsFile(_Section):
 class BackgroundFile(_Section):
     lease_seconds: Seconds = 15.0
     poll_seconds: Seconds = 0.1
-    concurrency: int = Field(4, ge=1)
-    max_attempts: int = Field(3, ge=1)
+    concurrency: int = Field(default=4, ge=1)
+    max_attempts: int = Field(default=3, ge=1)
 
 
 class McpFile(_Section):
@@ -160,7 +162,7 @@ class ConfigFile(_Section):
 
     server: ServerFile | None = None
     auth: AuthFile | None = None
-    store: str = Field("sqlite:///./switchboard.db", description="sqlite:///PATH or postgresql://...")
+    store: str = Field(default="sqlite:///./switchboard.db", description="sqlite:///PATH or postgresql://...")
     store_env: str | None = None
     providers: list[ProviderFile] | None = None
     default_model: str | None = None
@@ -173,7 +175,7 @@ class ConfigFile(_Section):
     rate_limits: RateLimitsFile | None = None
     background: BackgroundFile | None = None
     store_default: bool = True
-    retention_seconds: float = Field(30 * 24 * 3600, ge=0)
+    retention_seconds: float = Field(default=30 * 24 * 3600, ge=0)
     store_commit_window: Annotated[float, Field(ge=0, le=1)] | None = 0.002
     mcp: McpFile | None = None
 
