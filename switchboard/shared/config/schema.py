@@ -9,7 +9,7 @@ exist or be unique).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -40,7 +40,20 @@ def _provider_name(value: str) -> str:
     return value
 
 
+def _redis_url(value: str) -> str:
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    return value
+
+
+def _url_prefix(value: str) -> str:
+    if "://" not in value:
+        raise ValueError(f"a URL prefix such as 'https://mcp.example.com/', got {value!r}")
+    return value
+
+
 Address = Annotated[str, AfterValidator(_address)]
+UrlPrefix = Annotated[str, AfterValidator(_url_prefix), Field(json_schema_extra={"pattern": "://"})]
 Seconds = Annotated[float, Field(gt=0)]
 Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Limit = Annotated[int, Field(ge=1)] | None
@@ -104,11 +117,13 @@ class EndpointPriceFile(_Section):
 
 
 class EndpointFile(_Section):
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
+
     provider: Annotated[str, Field(min_length=1)]
     model: Annotated[str, Field(min_length=1)]
     price: EndpointPriceFile | None = None
     context_length: Annotated[int, Field(ge=1)] | None = None
-    quantization: str | None = None
+    quantization: Annotated[str, Field(min_length=1)] | None = None
     data_collection: Literal["allow", "deny"] = "allow"
     zdr: bool = False
     tier: _TIERS = "default"
@@ -116,6 +131,8 @@ class EndpointFile(_Section):
 
 
 class RoutedModelFile(_Section):
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
+
     name: Annotated[str, Field(min_length=1)]
     endpoints: Annotated[list[EndpointFile], Field(min_length=1)]
 
@@ -135,7 +152,8 @@ class KeyLimitsFile(_Section):
 class RateLimitsFile(_Section):
     requests_per_minute: Limit = None
     tokens_per_minute: Limit = None
-    redis_url: Annotated[str, Field(pattern=r"^(redis|rediss|unix)://")] | None = None
+    redis_url: Annotated[str, AfterValidator(_redis_url),
+                         Field(json_schema_extra={"pattern": "^(redis|rediss|unix)://"})] | None = None
     redis_url_env: str | None = None
     per_key: dict[str, KeyLimitsFile] | None = None
 
@@ -148,7 +166,7 @@ class BackgroundFile(_Section):
 
 
 class McpFile(_Section):
-    allowed_servers: list[Annotated[str, Field(pattern="://")]] | None = None
+    allowed_servers: list[UrlPrefix] | None = None
     connect_timeout: Seconds = 5.0
     list_timeout: Seconds = 15.0
     call_timeout: Seconds = 60.0
@@ -180,6 +198,9 @@ class ConfigFile(_Section):
     mcp: McpFile | None = None
 
 
+Section = TypeVar("Section", bound=BaseModel)
+
+
 def _path(loc: tuple[int | str, ...]) -> str:
     text = ""
     for i, part in enumerate(loc):
@@ -194,23 +215,30 @@ def _path(loc: tuple[int | str, ...]) -> str:
 
 def validate_file(data: dict[str, Any]) -> ConfigFile:
     """Check a loaded config mapping; a `ConfigError` names each wrong key path and what is wrong with it."""
+    return validate_section(ConfigFile, data)
+
+
+def validate_section(model: type[Section], raw: Any, *where: str) -> Section:
+    """Check one section (`where`: its key path, e.g. "routing") against its model."""
     try:
-        return ConfigFile.model_validate(data)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc, where)) from None
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, where: tuple[str, ...]) -> str:
     unknown: dict[str, list[str]] = {}
     problems: list[str] = []
     for error in exc.errors():
-        loc = tuple(error["loc"])
+        loc = (*where, *error["loc"])
         if error["type"] == "extra_forbidden":
             unknown.setdefault(_path(loc[:-1]) or "config", []).append(str(loc[-1]))
             continue
         message = str(error["msg"]).removeprefix("Value error, ")
         message = message[:1].lower() + message[1:]
-        if error["type"] != "value_error" and not _SECRET_PARTS & {str(p) for p in loc}:
+        if error["type"] in ("model_type", "dict_type", "model_attributes_type"):
+            message = "expected a mapping"  # not "an instance of RoutingFile"
+        if error["type"] not in ("value_error", "missing") and not _SECRET_PARTS & {str(p) for p in loc}:
             message += f", got {error['input']!r}"
         problems.append(f"{_path(loc) or 'config'}: {message}")
     problems[:0] = [f"{where}: unknown keys {sorted(keys)}" for where, keys in unknown.items()]
