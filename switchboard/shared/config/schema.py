@@ -15,7 +15,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from switchboard.shared.config.errors import ConfigError
 
-_PROVIDER_KINDS = Literal["openai-chat", "openai-responses", "anthropic", "llama-cpp"]
+# The provider kinds (service/providers/registry.py builds one per kind) and the stream event name spellings.
+ProviderKind = Literal["openai-chat", "openai-responses", "anthropic", "llama-cpp"]
+EventNames = Literal["openai", "open_responses"]
 _TIERS = Literal["default", "flex", "priority", "scale"]
 # Keys whose values may be secrets: an error about them never repeats the value.
 _SECRET_PARTS = {"auth", "api_key", "encryption_key", "per_key", "redis_url", "store", "headers"}
@@ -82,7 +84,7 @@ class ServerFile(_Section):
     restart_limit: int = Field(default=5, ge=0)
     restart_window: float = Field(default=60.0, gt=0)
     workers: Annotated[Annotated[int, Field(ge=1)] | Literal["auto"], BeforeValidator(_workers)] = 1
-    event_names: Literal["openai", "open_responses"] = "openai"
+    event_names: EventNames = "openai"
     playground: bool = True
 
 
@@ -96,7 +98,7 @@ class ProviderFile(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     name: Annotated[str, AfterValidator(_provider_name)]
-    kind: _PROVIDER_KINDS
+    kind: ProviderKind
     base_url: str | None = None
     api_key: str | None = None
     api_key_env: str | None = None

@@ -5,14 +5,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
 from switchboard.shared.config.errors import ConfigError
 from switchboard.shared.config.limits import RateLimitConfig, parse_rate_limits
 from switchboard.shared.config.routing import RoutingConfig, parse_routing
-from switchboard.shared.config.schema import AuthFile, McpFile, ProviderFile, ServerFile, validate_file
+from switchboard.shared.config.schema import (
+    AuthFile,
+    EventNames,
+    McpFile,
+    ProviderFile,
+    ProviderKind,
+    ServerFile,
+    validate_file,
+)
 from switchboard.shared.crypto import parse_key
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -21,9 +29,9 @@ DEFAULT_ENVOY_TEMPLATE = REPO_ROOT / "deploy" / "envoy" / "envoy.yaml"
 SMOLLM2 = "smollm2-135m-instruct"
 GEMMA = "gemma-3-270m"
 PACKAGED_MODELS = (SMOLLM2, GEMMA)
-PROVIDER_KINDS = ("openai-chat", "openai-responses", "anthropic", "llama-cpp")
+PROVIDER_KINDS: tuple[str, ...] = get_args(ProviderKind)
 # Spellings of the stream event names where OpenAI (and OpenRouter) and Open Responses differ.
-EVENT_NAMES = ("openai", "open_responses")
+EVENT_NAMES: tuple[str, ...] = get_args(EventNames)
 
 
 def parse_address(value: str, what: str) -> tuple[str, int]:
