@@ -88,10 +88,11 @@ def main(argv: list[str] | None = None) -> int:
                        ("service", "run only the gRPC service"), ("edge", "run only the HTTP edge")):
         command = commands.add_parser(name, help=text)
         command.add_argument("--config", required=True, type=Path, help="YAML configuration file")
-    from switchboard.cli import chat, doctor
+    from switchboard.cli import chat, config_schema, doctor
 
     doctor.register(commands)
     chat.register(commands)
+    config_schema.register(commands)
     args = parser.parse_args(argv)
     if getattr(args, "run", None) is not None:
         return int(args.run(args))

@@ -58,9 +58,9 @@ def test_parse_rate_limits() -> None:
 
 @pytest.mark.parametrize(("raw", "message"), [
     ({"rpm": 1}, "rate_limits: unknown keys ['rpm']"),
-    ({"requests_per_minute": 0}, "rate_limits.requests_per_minute: expected a positive integer"),
-    ({"tokens_per_minute": "100"}, "rate_limits.tokens_per_minute: expected a positive integer"),
-    ({"requests_per_minute": True}, "expected a positive integer"),
+    ({"requests_per_minute": 0}, "rate_limits.requests_per_minute: input should be greater than or equal to 1, got 0"),
+    ({"tokens_per_minute": "100"}, "rate_limits.tokens_per_minute: input should be a valid integer, got '100'"),
+    ({"requests_per_minute": True}, "rate_limits.requests_per_minute: input should be a valid integer, got True"),
     ({"redis_url": "127.0.0.1:6379"}, "rate_limits.redis_url: expected a redis://"),
     ({"per_key": ["a"]}, "rate_limits.per_key: expected a mapping"),
     ({"per_key": {"sk-secret-key": 5}}, r"per_key\[sk-sec...\]: expected a mapping"),

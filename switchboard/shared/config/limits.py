@@ -16,12 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from switchboard.shared.config.errors import ConfigError
+from switchboard.shared.config.schema import RateLimitsFile, validate_section
 from switchboard.shared.crypto import key_id
 
 Limits = tuple[int | None, int | None]
-_KEYS = {"requests_per_minute", "tokens_per_minute", "redis_url", "per_key"}
-_LIMIT_KEYS = {"requests_per_minute", "tokens_per_minute"}
 
 
 @dataclass(frozen=True)
@@ -50,41 +48,16 @@ class RateLimitConfig:
             any(v is not None for v in pair) for pair in self.per_key.values())
 
 
-def _limit(raw: Any, where: str) -> int | None:
-    if raw is None:
-        return None
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
-        raise ConfigError(f"{where}: expected a positive integer or null, got {raw!r}")
-    return raw
-
-
 def parse_rate_limits(raw: Any) -> RateLimitConfig:
     """The `rate_limits` section (None or missing: no limits)."""
     if raw is None:
         return RateLimitConfig()
-    if not isinstance(raw, dict):
-        raise ConfigError("rate_limits: expected a mapping")
-    if unknown := set(raw) - _KEYS:
-        raise ConfigError(f"rate_limits: unknown keys {sorted(map(str, unknown))}; allowed: {sorted(_KEYS)}")
-    rpm = _limit(raw.get("requests_per_minute"), "rate_limits.requests_per_minute")
-    tpm = _limit(raw.get("tokens_per_minute"), "rate_limits.tokens_per_minute")
-    url = raw.get("redis_url")
-    if url is not None and (not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://"))):
-        raise ConfigError("rate_limits.redis_url: expected a redis://, rediss:// or unix:// URL")
-    per_key_raw = raw.get("per_key") or {}
-    if not isinstance(per_key_raw, dict):
-        raise ConfigError("rate_limits.per_key: expected a mapping of API key to limits")
+    section = validate_section(RateLimitsFile, raw, "rate_limits")
+    rpm, tpm = section.requests_per_minute, section.tokens_per_minute
     per_key: dict[str, Limits] = {}
-    for key, value in per_key_raw.items():
-        where = f"rate_limits.per_key[{str(key)[:6]}...]"  # never print a whole API key
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping with requests_per_minute and/or tokens_per_minute")
-        if unknown := set(value) - _LIMIT_KEYS:
-            raise ConfigError(f"{where}: unknown keys {sorted(map(str, unknown))}; allowed: {sorted(_LIMIT_KEYS)}")
-        per_key[str(key)] = (
-            _limit(value["requests_per_minute"], f"{where}.requests_per_minute") if "requests_per_minute" in value
-            else rpm,
-            _limit(value["tokens_per_minute"], f"{where}.tokens_per_minute") if "tokens_per_minute" in value
-            else tpm,
-        )
-    return RateLimitConfig(requests_per_minute=rpm, tokens_per_minute=tpm, redis_url=url, per_key=per_key)
+    for key, value in (section.per_key or {}).items():
+        given = value.model_fields_set  # an omitted limit inherits the default, null lifts it
+        per_key[key] = (value.requests_per_minute if "requests_per_minute" in given else rpm,
+                        value.tokens_per_minute if "tokens_per_minute" in given else tpm)
+    return RateLimitConfig(requests_per_minute=rpm, tokens_per_minute=tpm, redis_url=section.redis_url,
+                           per_key=per_key)

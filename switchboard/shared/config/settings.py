@@ -5,13 +5,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
 from switchboard.shared.config.errors import ConfigError
 from switchboard.shared.config.limits import RateLimitConfig, parse_rate_limits
 from switchboard.shared.config.routing import RoutingConfig, parse_routing
+from switchboard.shared.config.schema import (
+    AuthFile,
+    EventNames,
+    McpFile,
+    ProviderFile,
+    ProviderKind,
+    ServerFile,
+    validate_file,
+)
 from switchboard.shared.crypto import parse_key
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -20,9 +29,9 @@ DEFAULT_ENVOY_TEMPLATE = REPO_ROOT / "deploy" / "envoy" / "envoy.yaml"
 SMOLLM2 = "smollm2-135m-instruct"
 GEMMA = "gemma-3-270m"
 PACKAGED_MODELS = (SMOLLM2, GEMMA)
-PROVIDER_KINDS = ("openai-chat", "openai-responses", "anthropic", "llama-cpp")
+PROVIDER_KINDS: tuple[str, ...] = get_args(ProviderKind)
 # Spellings of the stream event names where OpenAI (and OpenRouter) and Open Responses differ.
-EVENT_NAMES = ("openai", "open_responses")
+EVENT_NAMES: tuple[str, ...] = get_args(EventNames)
 
 
 def parse_address(value: str, what: str) -> tuple[str, int]:
@@ -86,20 +95,6 @@ class BackgroundConfig:
     max_attempts: int = 3
 
 
-def _background(raw: Any) -> BackgroundConfig:
-    raw = raw or {}
-    unknown = set(raw) - set(BackgroundConfig.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"background: unknown keys {sorted(unknown)}")
-    try:
-        parsed = BackgroundConfig(**{k: type(getattr(BackgroundConfig, k))(v) for k, v in raw.items()})
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"background: {exc}") from None
-    if parsed.lease_seconds <= 0 or parsed.poll_seconds <= 0 or parsed.concurrency < 1 or parsed.max_attempts < 1:
-        raise ConfigError("background: values must be positive")
-    return parsed
-
-
 @dataclass(frozen=True)
 class McpConfig:
     """Remote MCP servers: reached only when their URL starts with one of ``allowed_servers`` (none by default)."""
@@ -113,23 +108,6 @@ class McpConfig:
 
     def allows(self, url: str) -> bool:
         return any(url.startswith(prefix) for prefix in self.allowed_servers)
-
-
-def _mcp(raw: Any) -> McpConfig:
-    raw = dict(raw or {})
-    unknown = set(raw) - set(McpConfig.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"mcp: unknown keys {sorted(unknown)}")
-    servers = raw.pop("allowed_servers", None) or []
-    if not isinstance(servers, list) or not all(isinstance(s, str) and "://" in s for s in servers):
-        raise ConfigError("mcp.allowed_servers: a list of URL prefixes such as 'https://mcp.example.com/'")
-    try:
-        timeouts = {k: float(v) for k, v in raw.items()}
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"mcp: {exc}") from None
-    if any(v <= 0 for v in timeouts.values()):
-        raise ConfigError("mcp: timeouts must be positive")
-    return McpConfig(allowed_servers=tuple(servers), **timeouts)
 
 
 @dataclass(frozen=True)
@@ -171,136 +149,109 @@ def _env_list(env: dict[str, str], name: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in env.get(name, "").split(",") if k.strip())
 
 
-def _provider(raw: Any, index: int, env: dict[str, str]) -> ProviderConfig:
+def _provider(raw: ProviderFile, index: int, env: dict[str, str]) -> ProviderConfig:
     where = f"providers[{index}]"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping")
-    raw = dict(raw)
-    name, kind = raw.pop("name", None), raw.pop("kind", None)
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ConfigError(f"{where}.name: a non-empty name without '/' is required")
-    if kind not in PROVIDER_KINDS:
-        raise ConfigError(f"{where}.kind: one of {', '.join(PROVIDER_KINDS)} is required, got {kind!r}")
-    api_key = raw.pop("api_key", None)
-    key_env = raw.pop("api_key_env", None)
-    if key_env:
-        api_key = env.get(str(key_env)) or api_key
-    base_url = raw.pop("base_url", None)
-    if kind in ("openai-chat", "openai-responses") and not base_url:
-        raise ConfigError(f"{where}.base_url: required for kind {kind}")
-    headers = raw.pop("headers", None) or {}
-    if kind == "llama-cpp":
+    api_key = raw.api_key
+    if raw.api_key_env:
+        api_key = env.get(raw.api_key_env) or api_key
+    if raw.kind in ("openai-chat", "openai-responses") and not raw.base_url:
+        raise ConfigError(f"{where}.base_url: required for kind {raw.kind}")
+    options = dict(raw.model_extra or {})
+    if raw.kind == "llama-cpp":
         # The embedded provider's `models` maps model ids to GGUF files: an option of the provider itself.
-        local = raw.get("models")
-        models: list[str] = list(local) if isinstance(local, dict) else list(PACKAGED_MODELS)
+        if "models" in raw.model_fields_set:
+            options["models"] = raw.models
+        models: list[str] = list(raw.models) if isinstance(raw.models, dict) else list(PACKAGED_MODELS)
+    elif isinstance(raw.models, dict):
+        raise ConfigError(f"{where}.models: expected a list of upstream model ids")
     else:
-        models = raw.pop("models", None) or []
-        if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
-            raise ConfigError(f"{where}.models: expected a list of upstream model ids")
+        models = list(raw.models or ())
     return ProviderConfig(
-        name=name,
-        kind=kind,
-        base_url=str(base_url).rstrip("/") if base_url else None,
+        name=raw.name,
+        kind=raw.kind,
+        base_url=raw.base_url.rstrip("/") if raw.base_url else None,
         api_key=api_key,
-        headers={str(k): str(v) for k, v in headers.items()},
-        options=raw,
-        api_key_env=str(key_env) if key_env else None,
+        headers=dict(raw.headers or {}),
+        options=options,
+        api_key_env=raw.api_key_env or None,
         models=tuple(models),
     )
 
 
-def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir: Path | None = None) -> Config:
-    env = dict(os.environ) if env is None else env
-    server_raw = dict(data.get("server") or {})
-    unknown = set(server_raw) - set(ServerConfig.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"server: unknown keys {sorted(unknown)}")
-    if "envoy_config" in server_raw:
-        path = Path(server_raw["envoy_config"])
-        server_raw["envoy_config"] = path if path.is_absolute() else (base_dir or Path.cwd()) / path
-    if server_raw.get("workers") == "auto":
-        server_raw["workers"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = server_raw.get("workers", 1)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"server.workers: a number of processes >= 1 or \"auto\", got {workers!r}")
-    server = ServerConfig(**server_raw)
-    if not isinstance(server.restart_limit, int) or server.restart_limit < 0 or server.restart_window <= 0:
-        raise ConfigError("server.restart_limit: a count >= 0; server.restart_window: seconds > 0")
-    if server.event_names not in EVENT_NAMES:
-        raise ConfigError(f"server.event_names: expected one of {', '.join(EVENT_NAMES)}, got {server.event_names!r}")
-    for key in ("grpc", "http", "envoy", "envoy_grpc", "envoy_admin", "metrics", "envoy_otlp"):
-        value = getattr(server, key)
-        if value is not None:
-            parse_address(value, f"server.{key}")
+def _server(raw: ServerFile | None, base_dir: Path | None) -> ServerConfig:
+    if raw is None:
+        return ServerConfig()
+    values = raw.model_dump(exclude={"envoy_config"})
+    if "envoy_config" in raw.model_fields_set:
+        path = Path(raw.envoy_config)
+        values["envoy_config"] = path if path.is_absolute() else (base_dir or Path.cwd()) / path
+    if raw.workers == "auto":
+        values["workers"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return ServerConfig(**values)
 
-    auth = data.get("auth") or {}
-    keys = tuple(str(k) for k in auth.get("api_keys") or ())
-    if auth.get("api_keys_env"):
-        keys += _env_list(env, str(auth["api_keys_env"]))
+
+def from_dict(data: dict[str, Any], env: dict[str, str] | None = None, base_dir: Path | None = None) -> Config:
+    """The checked configuration: the file's shape by `schema.validate_file`, then what the shape cannot say
+    (secrets from the environment, names that must exist or be unique)."""
+    file = validate_file(data)
+    env = dict(os.environ) if env is None else env
+    server = _server(file.server, base_dir)
+
+    auth = file.auth or AuthFile()
+    keys = tuple(auth.api_keys)
+    if auth.api_keys_env:
+        keys += _env_list(env, auth.api_keys_env)
     keys += _env_list(env, "SWITCHBOARD_API_KEYS")
     keys = tuple(dict.fromkeys(keys))  # the same key from two sources counts once
 
-    providers = tuple(_provider(p, i, env) for i, p in enumerate(data.get("providers") or ()))
+    providers = tuple(_provider(p, i, env) for i, p in enumerate(file.providers or ()))
     names = [p.name for p in providers]
     if len(set(names)) != len(names):
         raise ConfigError("providers: names must be unique")
-    default_model = data.get("default_model")
-    routed = {m.get("name") for m in ((data.get("routing") or {}).get("models") or []) if isinstance(m, dict)}
-    if default_model is not None and default_model not in routed and str(default_model).split("/", 1)[0] not in names:
+    default_model = file.default_model
+    routed = {m.name for m in ((file.routing.models or []) if file.routing else [])}
+    if default_model is not None and default_model not in routed and default_model.split("/", 1)[0] not in names:
         raise ConfigError(f"default_model: {default_model!r} is neither a routed model nor '<provider>/<model>' "
                           "with a configured provider")
-    tools = data.get("unsupported_tools", "omit")
-    if tools not in ("omit", "reject"):
-        raise ConfigError("unsupported_tools: 'omit' or 'reject'")
     try:
-        sealing_key = parse_key(env.get(str(data.get("encryption_key_env") or "SWITCHBOARD_ENCRYPTION_KEY"))
-                        or data.get("encryption_key"))
+        sealing_key = parse_key(env.get(file.encryption_key_env or "SWITCHBOARD_ENCRYPTION_KEY")
+                                or file.encryption_key)
     except ValueError as exc:
         raise ConfigError(f"encryption_key: {exc}") from None
     if sealing_key is not None and len(sealing_key) != 32:
         raise ConfigError("encryption_key: must be 32 bytes, base64-encoded")
 
-    store = str(data.get("store", Config.store))
-    if data.get("store_env"):
-        store = env.get(str(data["store_env"])) or store
-    prices: dict[str, tuple[float, float]] = {}
-    for name, price in (data.get("pricing") or {}).items():
-        if not isinstance(price, dict) or not all(isinstance(price.get(k, 0), int | float) for k in price):
-            raise ConfigError(f"pricing.{name}: expected {{prompt: USD per 1M tokens, completion: ...}}")
-        prices[str(name)] = (float(price.get("prompt", 0)), float(price.get("completion", 0)))
+    store = file.store
+    if file.store_env:
+        store = env.get(file.store_env) or store
+    prices = {name: (price.prompt, price.completion) for name, price in (file.pricing or {}).items()}
     otel = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
     rate_limits = _rate_limits(data.get("rate_limits"), env)
     if server.workers > 1 and rate_limits.enabled and not rate_limits.redis_url:
         raise ConfigError("rate_limits: with server.workers > 1 the service processes must share their counts; "
                           "set rate_limits.redis_url (or redis_url_env)")
+    mcp = file.mcp or McpFile()
     return Config(
         server=server,
         api_keys=keys,
         store=store,
         providers=providers,
-        default_model=str(default_model) if default_model else None,
-        unsupported_tools=tools,
-        record_content=bool(data.get("record_content", False)),
+        default_model=default_model or None,
+        unsupported_tools=file.unsupported_tools,
+        record_content=file.record_content,
         otel_enabled=otel and env.get("OTEL_SDK_DISABLED", "").lower() != "true",
         otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
         encryption_key=sealing_key,
         prices=prices,
-        store_default=bool(data.get("store_default", True)),
+        store_default=file.store_default,
         routing=parse_routing(data.get("routing"), set(names)),
-        background=_background(data.get("background")),
+        background=BackgroundConfig(**file.background.model_dump()) if file.background else BackgroundConfig(),
         rate_limits=rate_limits,
-        retention_seconds=float(data.get("retention_seconds", Config.retention_seconds)),
-        store_commit_window=_commit_window(data.get("store_commit_window", Config.store_commit_window)),
-        mcp=_mcp(data.get("mcp")),
+        retention_seconds=file.retention_seconds,
+        store_commit_window=file.store_commit_window,
+        mcp=McpConfig(allowed_servers=tuple(mcp.allowed_servers or ()),
+                      **mcp.model_dump(exclude={"allowed_servers"})),
     )
-
-
-def _commit_window(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ConfigError("store_commit_window: expected seconds between 0 and 1, or null")
-    return float(value)
 
 
 def _routing_default() -> RoutingConfig:
