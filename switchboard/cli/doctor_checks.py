@@ -223,6 +223,7 @@ async def check_redis(config: Config) -> Result | None:
 
 def check_envoy(config: Config) -> list[Result]:
     from switchboard.cli import envoy
+    from switchboard.cli.supervisor import envoy_config
 
     try:
         binary = envoy.find_envoy()
@@ -239,17 +240,7 @@ def check_envoy(config: Config) -> list[Result]:
         results.append(Result("envoy config", "ok", "not used (server.envoy is unset)"))
         return results
     try:
-        server = config.server
-        assert server.envoy is not None
-        addresses = envoy.EnvoyAddresses(
-            public=parse_address(server.envoy, "server.envoy"),
-            edge=_loopback(parse_address(server.http, "server.http")),
-            service=_loopback(parse_address(server.grpc, "server.grpc")),
-            admin=parse_address(server.envoy_admin, "server.envoy_admin"),
-            grpc_internal=parse_address(server.envoy_grpc, "server.envoy_grpc") if server.envoy_grpc else None,
-            otel_collector=None,
-        )
-        rendered = envoy.render_config(server.envoy_config.read_text(), addresses)
+        rendered = envoy_config(config)  # exactly what `serve` would run
         started = time.monotonic()
         envoy.EnvoyProcess.validate(rendered)
     except Exception as exc:  # noqa: BLE001
@@ -261,11 +252,6 @@ def check_envoy(config: Config) -> list[Result]:
     results.append(Result("envoy config", "ok", f"rendered {config.server.envoy_config.name} validates",
                           latency_ms=(time.monotonic() - started) * 1000))
     return results
-
-
-def _loopback(address: tuple[str, int]) -> tuple[str, int]:
-    host, port = address
-    return ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port)
 
 
 def check_listeners(config: Config) -> list[Result]:
