@@ -36,7 +36,7 @@ def _settings(text: str) -> list[str]:
 async def _round(target: Target, bench: Bench, args: argparse.Namespace) -> tuple[float, float, dict[str, float]]:
     calls = [await target.worker() for _ in range(args.concurrency)]
     await concurrent(calls, args.requests // 10)
-    with CpuMeter(bench.pids) as meter:
+    with CpuMeter(bench.all_pids) as meter:
         wall, latencies = await concurrent(calls, args.requests)
     await target.close()
     return 1000 * percentile(latencies, 50), args.requests / wall, meter.per_request_ms(args.requests)

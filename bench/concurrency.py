@@ -58,13 +58,13 @@ def rss_mb(pid: int) -> float:
 
 @dataclass
 class Memory:
-    pids: dict[str, int]
+    pids: dict[str, list[int]]
     before: dict[str, float] = field(default_factory=dict)
     peak: dict[str, float] = field(default_factory=dict)
     after: dict[str, float] = field(default_factory=dict)
 
     def sample(self) -> dict[str, float]:
-        return {name: rss_mb(pid) for name, pid in self.pids.items()}
+        return {name: sum(rss_mb(pid) for pid in pids) for name, pids in self.pids.items()}
 
     async def watch(self) -> None:
         while True:
@@ -122,10 +122,10 @@ async def streams(bench: Bench, args: argparse.Namespace) -> None:
     if alone.error:
         raise RuntimeError(f"a stream alone failed: {alone.error}")
     await asyncio.sleep(1.0)
-    memory = Memory(bench.pids)
+    memory = Memory(bench.all_pids)
     memory.before = memory.sample()
     watcher = asyncio.create_task(memory.watch())
-    with CpuMeter(bench.pids) as meter:
+    with CpuMeter(bench.all_pids) as meter:
         began = time.perf_counter()
         outcomes = await asyncio.gather(*(one_stream(url, request, direct, args.timeout)
                                           for _ in range(args.streams)))
@@ -158,7 +158,7 @@ async def idle(bench: Bench, args: argparse.Namespace) -> None:
     url = bench.upstream if args.path == "direct" else (bench.envoy if args.path == "envoy" else bench.http)
     probe_path = "/healthz"
     request = RawHttp.build(url, probe_path, b"").replace(b"POST ", b"GET ", 1)
-    memory = Memory(bench.pids)
+    memory = Memory(bench.all_pids)
     memory.before = memory.sample()
     conns: list[RawHttp] = []
     failures: collections.Counter[str] = collections.Counter()

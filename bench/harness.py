@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,8 @@ class Bench:
     envoy: str
     envoy_grpc: str | None
     pids: dict[str, int] = field(default_factory=dict)
+    # Every process of each role (several with server.workers > 1); `pids` holds the first of each.
+    all_pids: dict[str, list[int]] = field(default_factory=dict)
 
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the serve process's output (service, edge and Envoy's access log)."""
@@ -191,17 +193,19 @@ def start_bench(extra: dict[str, Any] | None = None, server: dict[str, Any] | No
         _wait_ready(serve, log_path)
         bench = Bench(upstream_process, upstream, serve, log_path, tmp, ports["grpc"], f"http://{ports['http']}",
                       f"http://{ports['envoy']}", ports.get("envoy_grpc"))
-        bench.pids["upstream"] = upstream_process.proc.pid
-        # `serve` supervises the children: the service, the edge and Envoy are its child processes.
+        bench.all_pids["upstream"] = [upstream_process.proc.pid]
+        # `serve` supervises the children: the service (with the edge in process, by default), the edge when it
+        # runs separately, and Envoy are its child processes.
         for child in _children(serve.pid):
             cmd = _cmdline(child)
             if "envoy" in cmd.split(" ", 1)[0]:
-                bench.pids["envoy"] = child
+                bench.all_pids.setdefault("envoy", []).append(child)
             elif "switchboard.cli.main edge" in cmd:
-                bench.pids["edge"] = child
+                bench.all_pids.setdefault("edge", []).append(child)
             elif "switchboard.cli.main service" in cmd:
-                bench.pids["service"] = child
-        bench.pids.setdefault("service", serve.pid)
+                bench.all_pids.setdefault("service", []).append(child)
+        bench.all_pids.setdefault("service", [serve.pid])
+        bench.pids = {name: pids[0] for name, pids in bench.all_pids.items()}
         return bench
     except BaseException:
         if serve is not None and serve.poll() is None:
@@ -215,15 +219,15 @@ def start_bench(extra: dict[str, Any] | None = None, server: dict[str, Any] | No
 class CpuMeter:
     """CPU seconds spent by each process (and by this client process) between start() and stop()."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
+    def __init__(self, pids: Mapping[str, int | list[int]]) -> None:
+        self.pids = {name: [pid] if isinstance(pid, int) else pid for name, pid in pids.items()}
         self._start: dict[str, float] = {}
         self.used: dict[str, float] = {}
         self.wall = 0.0
         self.other = 0.0
 
     def _sample(self) -> dict[str, float]:
-        sample = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        sample = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.pids.items()}
         sample["client"] = self_cpu()
         sample["machine"] = machine_busy()
         sample["wall"] = time.perf_counter()

@@ -220,7 +220,7 @@ async def measure(target: Target, bench: Bench, args: argparse.Namespace) -> Res
     result = Result(target.name)
     call = await target.worker()
     await sequential(call, args.warmup // 4)
-    with CpuMeter(bench.pids) as seq_meter:
+    with CpuMeter(bench.all_pids) as seq_meter:
         ms = [1000 * x for x in await sequential(call, args.requests)]
     result.seq_cpu_ms = seq_meter.per_request_ms(args.requests)
     result.p50, result.p99, result.mean = percentile(ms, 50), percentile(ms, 99), sum(ms) / len(ms)
@@ -228,7 +228,7 @@ async def measure(target: Target, bench: Bench, args: argparse.Namespace) -> Res
     # seconds (uvicorn: 5 s), as the warm-up ones were during the sequential phase.
     calls = [await target.worker() for _ in range(args.concurrency)]
     await concurrent(calls, args.concurrency * 4)
-    with CpuMeter(bench.pids) as meter:
+    with CpuMeter(bench.all_pids) as meter:
         wall, latencies = await concurrent(calls, args.throughput_requests)
     load = [1000 * x for x in latencies]
     result.other = (seq_meter.other_share(), meter.other_share())

@@ -264,7 +264,7 @@ async def measure(path: Path, bench: Bench, args: argparse.Namespace) -> Result:
     for _ in range(args.warmup):
         await first()
     result = Result(path.name)
-    with CpuMeter(bench.pids) as seq_meter:
+    with CpuMeter(bench.all_pids) as seq_meter:
         for _ in range(args.streams):
             result.samples.append(await first())
     seq_total = sum(s.deltas for s in result.samples)
@@ -283,7 +283,7 @@ async def measure(path: Path, bench: Bench, args: argparse.Namespace) -> Result:
                 remaining -= 1
                 total += (await stream()).deltas
 
-        with CpuMeter(bench.pids) as meter:
+        with CpuMeter(bench.all_pids) as meter:
             await asyncio.gather(*(loop(s) for s in streams))
         result.aggregate = total / meter.wall
         result.cpu_per_k = {k: 1000 * v * 1000 / total for k, v in meter.used.items()}

@@ -39,7 +39,10 @@ _JSON = "application/json"
 
 class Edge:
     def __init__(self, target: str, *, max_body_bytes: int, request_timeout: float | None,
-                 forward_trace_headers: bool, event_names: str = "openai") -> None:
+                 forward_trace_headers: bool, event_names: str = "openai",
+                 channel: grpc.aio.Channel | None = None) -> None:
+        """``target`` is the service's gRPC address, unless ``channel`` is given (the in-process channel to the
+        servicers, when the edge runs inside the service's process)."""
         self.target = target
         self.event_names = event_names
         self.max_body_bytes = max_body_bytes
@@ -47,13 +50,14 @@ class Edge:
         self.forward_trace_headers = forward_trace_headers
         # The request headers forwarded as metadata, decided once.
         self._forwarded = _FORWARD + _PROPAGATION if forward_trace_headers else _FORWARD
+        self._given = channel
         self._channel: grpc.aio.Channel | None = None
         # The generated stubs type calls as synchronous; on an aio channel they return aio calls.
         self._rpc: Any = None
         self._health: health_pb2_grpc.HealthStub | None = None
 
     async def open(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.target, options=[
+        self._channel = self._given or grpc.aio.insecure_channel(self.target, options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.keepalive_time_ms", 30_000),
@@ -63,7 +67,7 @@ class Edge:
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def close(self) -> None:
-        if self._channel is not None:
+        if self._channel is not None and self._channel is not self._given:
             await self._channel.close()
 
     @property

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 
+import grpc
 import uvicorn
 import uvloop
 from starlette.types import ASGIApp
@@ -29,20 +32,41 @@ def grpc_target(config: Config) -> str:
     return f"{host}:{port}"
 
 
-def build_app(config: Config) -> ASGIApp:
+def build_app(config: Config, channel: grpc.aio.Channel | None = None) -> ASGIApp:
+    """The edge's app, calling the service at its gRPC target, or through ``channel`` (in process)."""
     telemetry.setup("switchboard-edge", enabled=config.otel_enabled, grpc_client=True)
     edge = Edge(grpc_target(config), max_body_bytes=config.server.max_body_bytes,
                 request_timeout=config.server.request_timeout, forward_trace_headers=not config.otel_enabled,
-                event_names=config.server.event_names)
+                event_names=config.server.event_names, channel=channel)
     app: ASGIApp = create_app(edge, playground=config.server.playground)
     if config.otel_enabled:
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-        app = OpenTelemetryMiddleware(app)
+        # In the service's process the global provider is the service's: the edge's spans keep the edge's name.
+        provider = telemetry.own_provider("switchboard-edge") if channel is not None else None
+        app = OpenTelemetryMiddleware(app, tracer_provider=provider)
     return app
 
 
-class _Server(uvicorn.Server):
+class EdgeServer(uvicorn.Server):
+    """uvicorn's server that says when it listens; an embedded one (in the service's process) leaves the signals to
+    its host, which stops it with :meth:`stop`."""
+
+    def __init__(self, config: uvicorn.Config, *, embedded: bool = False) -> None:
+        super().__init__(config)
+        self.embedded = embedded
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if self.embedded:
+            yield
+            return
+        with super().capture_signals():
+            yield
+
+    def stop(self) -> None:
+        self.should_exit = True
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if not self.should_exit:
@@ -62,17 +86,23 @@ def shared_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(config: Config, sock: socket.socket | None = None) -> None:
+def edge_server(config: Config, channel: grpc.aio.Channel | None = None) -> tuple[EdgeServer, list[socket.socket]]:
+    """The edge's HTTP server (embedded when ``channel`` is given) and the sockets to serve it on (one shared by
+    several processes with server.workers > 1; none = uvicorn binds server.http itself)."""
     raise_open_files_limit()
     host, port = parse_address(config.server.http, "server.http")
-    if sock is None and config.server.workers > 1:
-        sock = shared_socket(host, port)
-    server = _Server(uvicorn.Config(
-        build_app(config), host=host, port=port, loop="none", http="httptools", lifespan="on",
+    sockets = [shared_socket(host, port)] if config.server.workers > 1 else []
+    server = EdgeServer(uvicorn.Config(
+        build_app(config, channel), host=host, port=port, loop="none", http="httptools", lifespan="on",
         access_log=False, log_level="warning", timeout_graceful_shutdown=int(config.server.grace),
         ws="websockets-sansio",
-    ))
-    await server.serve(sockets=[sock] if sock is not None else None)
+    ), embedded=channel is not None)
+    return server, sockets
+
+
+async def serve(config: Config) -> None:
+    server, sockets = edge_server(config)
+    await server.serve(sockets=sockets or None)
 
 
 def run(config: Config) -> None:

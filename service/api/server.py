@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +26,7 @@ from switchboard.service.pipeline.turns import TurnRunner
 from switchboard.service.routing.ratelimit import RateLimiter
 from switchboard.service.store import Store
 from switchboard.shared.config.settings import Config, grpc_unix_path
+from switchboard.shared.local_grpc import LocalChannel, serve_locally
 from switchboard.shared.process import raise_open_files_limit
 
 SERVICE_NAME = responses_service_pb2.DESCRIPTOR.services_by_name["Responses"].full_name
@@ -36,14 +39,25 @@ _MAX_MESSAGE = 64 * 1024 * 1024
 _MAX_PENDING_CALLS = 8192
 
 
+@dataclass
+class Served:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    # The same servicers, called in this process without the transport (an in-process edge); None unless asked.
+    local: LocalChannel | None
+
+
 def create_server(config: Config, runner: TurnRunner, *, store: Store | None = None,
                   worker: BackgroundWorker | None = None, limiter: RateLimiter | None = None,
-                  address: str | None = None) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A server ready to start, bound to ``address`` (port 0 picks a free port)."""
+                  address: str | None = None, local: bool = False) -> Served:
+    """A server ready to start, bound to ``address`` (port 0 picks a free port); with ``local``, also a channel
+    that calls the same servicers in process."""
     raise_open_files_limit()
     keys = ApiKeys(config.api_keys)
+    interceptors = [AuthInterceptor(keys)]
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(keys)],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.max_send_message_length", _MAX_MESSAGE),
@@ -55,11 +69,16 @@ def create_server(config: Config, runner: TurnRunner, *, store: Store | None = N
             ("grpc.server.max_pending_requests_hard_limit", 2 * _MAX_PENDING_CALLS),
         ],
     )
-    responses_service_pb2_grpc.add_ResponsesServicer_to_server(
-        ResponsesServicer(runner, keys, store=store, worker=worker, limiter=limiter), server)
-    models_service_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(Catalog(config)), server)
+    responses = ResponsesServicer(runner, keys, store=store, worker=worker, limiter=limiter)
+    models = ModelsServicer(Catalog(config))
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+
+    def register(target: Any) -> None:
+        responses_service_pb2_grpc.add_ResponsesServicer_to_server(responses, target)
+        models_service_pb2_grpc.add_ModelsServicer_to_server(models, target)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, target)
+
+    register(server)
     names = (SERVICE_NAME, MODELS_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
     port = server.add_insecure_port(address or config.server.grpc)
@@ -72,7 +91,7 @@ def create_server(config: Config, runner: TurnRunner, *, store: Store | None = N
                 os.unlink(path)  # left by a process that did not stop cleanly
         if server.add_insecure_port(f"unix:{path}") == 0:
             raise OSError(f"cannot bind the gRPC server to the Unix socket {path}")
-    return server, port, health_servicer
+    return Served(server, port, health_servicer, serve_locally(register, interceptors) if local else None)
 
 
 async def mark_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:

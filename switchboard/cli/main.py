@@ -38,7 +38,9 @@ async def _stop_signal() -> None:
     await stop.wait()
 
 
-async def run_service(config: Config) -> None:
+async def run_service(config: Config, *, edge: bool = False) -> None:
+    """The gRPC service; with ``edge``, the HTTP edge too, in this process and event loop, calling the servicers
+    through an in-process channel (no gRPC hop; docs/decisions/0015-in-process-edge.md)."""
     telemetry.setup("switchboard-service", enabled=config.otel_enabled, grpc_server=True, http_client=True)
     meters = metrics.setup("switchboard-service", otlp=config.otel_enabled,
                            prometheus=parse_address(config.server.metrics, "server.metrics")
@@ -51,7 +53,8 @@ async def run_service(config: Config) -> None:
     worker = BackgroundWorker(runner, store, lease_seconds=jobs.lease_seconds, poll_seconds=jobs.poll_seconds,
                               max_attempts=jobs.max_attempts, concurrency=jobs.concurrency)
     limiter = create_rate_limiter(config.rate_limits)
-    server, port, health = create_server(config, runner, store=store, worker=worker, limiter=limiter)
+    served = create_server(config, runner, store=store, worker=worker, limiter=limiter, local=edge)
+    server, port, health = served.server, served.port, served.health
     await server.start()
     tasks = [asyncio.create_task(worker.run_forever())]
     if config.retention_seconds:
@@ -63,10 +66,24 @@ async def run_service(config: Config) -> None:
     await mark_serving(health, True)
     host, _ = parse_address(config.server.grpc, "server.grpc")
     _say(f"gRPC service listening on {host}:{port}")
+    stopping = asyncio.create_task(_stop_signal())
+    http = None
+    if served.local is not None:
+        from switchboard.edge.server import edge_server
+
+        http, sockets = edge_server(config, served.local)
+        http_task = asyncio.create_task(http.serve(sockets=sockets or None))
     try:
-        await _stop_signal()
+        await asyncio.wait({stopping} if http is None else {stopping, http_task},
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not stopping.done():
+            raise RuntimeError("the HTTP edge stopped on its own; stopping the service")
     finally:
+        stopping.cancel()
         await mark_serving(health, False)
+        if http is not None:
+            http.stop()  # drains its in-flight requests while the gRPC server drains its calls
+            await asyncio.gather(server.stop(config.server.grace), http_task, return_exceptions=True)
         await server.stop(config.server.grace)
         for task in tasks:
             task.cancel()
@@ -88,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                        ("service", "run only the gRPC service"), ("edge", "run only the HTTP edge")):
         command = commands.add_parser(name, help=text)
         command.add_argument("--config", required=True, type=Path, help="YAML configuration file")
+        if name == "service":
+            command.add_argument("--edge", action="store_true",
+                                 help="serve the HTTP edge too, in this process (no gRPC hop between them)")
     from switchboard.cli import chat, config_schema, doctor
 
     doctor.register(commands)
@@ -109,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run(config)
         elif args.command == "service":
-            uvloop.run(run_service(config))
+            uvloop.run(run_service(config, edge=args.edge))
         else:
             from switchboard.cli.supervisor import supervise
 

@@ -1,4 +1,5 @@
-"""`switchboard serve`: a supervisor whose children are the gRPC service, the HTTP edge and (when configured) Envoy.
+"""`switchboard serve`: a supervisor whose children are the gRPC service (serving the HTTP edge in process, by default),
+the HTTP edge when it runs separately (`server.edge: separate`) and (when configured) Envoy.
 
 Each child runs under :mod:`switchboard.cli.lifeline`, so it is SIGKILLed by the kernel if serve dies, even by SIGKILL,
 and lives in a process group of its own, which serve stops as a whole (whatever the child started goes with it). The
@@ -242,13 +243,19 @@ class Supervisor:
         # Service and edge N pair up on their own Unix socket when there is one (config.grpc_unix_path).
         count = server.workers
         numbers = [{WORKER_ENV: str(i)} if count > 1 else None for i in range(count)]
+        # With the edge in process (the default), each service process serves HTTP too and is ready once it does.
+        in_process = server.edge == "in-process"
         services: list[Child] = [
-            PythonChild(_numbered("service", i, count), [*command, "service", "--config", str(config_path)],
-                        ready_line="gRPC service listening", timeout=300.0, env=numbers[i]) for i in range(count)]
-        edges: list[Child] = [
+            PythonChild(_numbered("service", i, count),
+                        [*command, "service", "--config", str(config_path), *(["--edge"] if in_process else [])],
+                        ready_line=EDGE_READY if in_process else "gRPC service listening", timeout=300.0,
+                        env=numbers[i]) for i in range(count)]
+        edges: list[Child] = [] if in_process else [
             PythonChild(_numbered("edge", i, count), [*command, "edge", "--config", str(config_path)],
                         ready_line=EDGE_READY, timeout=60.0, env=numbers[i]) for i in range(count)]
         self.children: list[Child] = [*services, *edges]
+        # The last child that serves HTTP: once it is ready, the edge listens.
+        self._http_ready = (edges or services)[-1].name
         if server.envoy:
             self.children.append(EnvoyChild(envoy_config(config)))
             env_host, env_port = _loopback(parse_address(server.envoy, "server.envoy"))
@@ -291,10 +298,9 @@ class Supervisor:
         return 0
 
     async def _start_all(self) -> None:
-        for i, child in enumerate(self.children):
+        for child in self.children:
             await child.start()
-            following = self.children[i + 1] if i + 1 < len(self.children) else None
-            if child.name.startswith("edge") and (following is None or not following.name.startswith("edge")):
+            if child.name == self._http_ready:
                 say(f"HTTP edge listening on {self.http_url}")
             elif child.name == "Envoy":
                 say(f"Envoy listening on {self.public_url}")

@@ -8,6 +8,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 _configured = False
+# Providers of their own (a part that shares a process but keeps its name in traces), shut down with the global one.
+_own: list[TracerProvider] = []
 
 
 def setup(service_name: str, *, enabled: bool, grpc_server: bool = False, grpc_client: bool = False,
@@ -16,11 +18,7 @@ def setup(service_name: str, *, enabled: bool, grpc_server: bool = False, grpc_c
     global _configured
     if not enabled or _configured:
         return
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
+    trace.set_tracer_provider(_provider(service_name))
     if grpc_server:
         from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
 
@@ -36,8 +34,25 @@ def setup(service_name: str, *, enabled: bool, grpc_server: bool = False, grpc_c
     _configured = True
 
 
+def _provider(service_name: str) -> TracerProvider:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
+def own_provider(service_name: str) -> TracerProvider:
+    """A provider that exports as ``service_name``: the edge's, when it runs inside the service's process, so a
+    trace shows the same edge -> service -> upstream spans whichever way `serve` runs them."""
+    provider = _provider(service_name)
+    _own.append(provider)
+    return provider
+
+
 def shutdown() -> None:
-    provider = trace.get_tracer_provider()
-    if isinstance(provider, TracerProvider):
-        provider.shutdown()
+    for provider in (trace.get_tracer_provider(), *_own):
+        if isinstance(provider, TracerProvider):
+            provider.shutdown()
+    _own.clear()
 

@@ -101,6 +101,8 @@ class Stack:
     http: str
     envoy: str | None
     upstream: str
+    # `server.edge`: the edge inside the service's process, or processes of its own.
+    edge_mode: str = "in-process"
 
     def stop(self) -> int:
         return self.process.stop()
@@ -157,6 +159,7 @@ def start_stack(tmp: Path, upstream: str, *, env: dict[str, str] | None = None, 
     stack = Stack(
         process=process, config_path=config_path, grpc=ports["grpc"], http=f"http://{ports['http']}",
         envoy=f"http://{ports['envoy']}" if envoy else None, upstream=upstream,
+        edge_mode=(server or {}).get("edge", "in-process"),
     )
     # Every answer of this gateway is checked for wire conformance (tests/wire.py).
     for url in (stack.http, stack.envoy, stack.grpc):

@@ -39,8 +39,8 @@ def test_an_interrupted_or_killed_run_leaves_no_process(tmp_path: Path, sig: sig
                   env={"PYTHONPATH": str(ROOT)}, name="inner pytest")
     try:
         pids = [int(p) for p in run.wait_for("PIDS", timeout=120).split()[1:]]
-        # The upstream, serve, and serve's service, edge and Envoy.
-        assert len(pids) >= 5, pids
+        # The upstream, serve, and serve's service (serving the edge too) and Envoy.
+        assert len(pids) >= 4, pids
         assert all(alive(p) for p in pids)
         run.proc.send_signal(sig)
         run.proc.wait(30)

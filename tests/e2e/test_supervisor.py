@@ -1,5 +1,6 @@
 """`switchboard serve` as a supervisor: it restarts a child killed with SIGKILL, gives up (exit 1, naming the child)
-on one that keeps dying, takes every child with it when it is SIGKILLed itself, and stops everything on SIGTERM."""
+on one that keeps dying, takes every child with it when it is SIGKILLed itself, and stops everything on SIGTERM;
+with the edge inside the service's process (the default) and as processes of its own (`server.edge: separate`)."""
 
 from __future__ import annotations
 
@@ -50,9 +51,14 @@ def wait_until(check: object, timeout: float, what: str) -> None:
     raise AssertionError(what)
 
 
-@pytest.fixture
-def served(tmp_path: Path, upstream: str) -> Iterator[Stack]:
-    stack = start_stack(tmp_path, upstream, local_model=False)
+def children(stack: Stack) -> list[str]:
+    """serve's children for the stack's `server.edge`."""
+    return ["service", "Envoy"] if stack.edge_mode == "in-process" else ["service", "edge", "Envoy"]
+
+
+@pytest.fixture(params=["in-process", "separate"])
+def served(request: pytest.FixtureRequest, tmp_path: Path, upstream: str) -> Iterator[Stack]:
+    stack = start_stack(tmp_path, upstream, local_model=False, server={"edge": request.param})
     yield stack
     stack.stop()
 
@@ -61,7 +67,7 @@ def test_serve_restarts_each_child_killed_with_sigkill(served: Stack) -> None:
     assert served.envoy is not None
     serve = served.process.pid
     assert answers(served.envoy)
-    for name in ("service", "edge", "Envoy"):
+    for name in children(served):
         victim = child_pid(serve, name)
         os.kill(victim, signal.SIGKILL)
         served.process.wait_for(f"the {name} (pid {victim}) was killed by signal 9 (SIGKILL); restarting it",
@@ -73,25 +79,27 @@ def test_serve_restarts_each_child_killed_with_sigkill(served: Stack) -> None:
     assert served.process.proc.poll() is None
 
 
-def test_serve_gives_up_on_a_child_that_keeps_dying(tmp_path: Path, upstream: str) -> None:
-    stack = start_stack(tmp_path, upstream, local_model=False, server={"restart_limit": 2, "restart_window": 600})
+@pytest.mark.parametrize("mode, name", [("in-process", "service"), ("separate", "edge")])
+def test_serve_gives_up_on_a_child_that_keeps_dying(tmp_path: Path, upstream: str, mode: str, name: str) -> None:
+    stack = start_stack(tmp_path, upstream, local_model=False,
+                        server={"restart_limit": 2, "restart_window": 600, "edge": mode})
     try:
         serve = stack.process.pid
         family = descendants(serve)
         victims = []
         for round_ in range(3):
-            victim = child_pid(serve, "edge")
+            victim = child_pid(serve, name)
             victims.append(victim)
             os.kill(victim, signal.SIGKILL)
             if round_ < 2:
-                stack.process.wait_for("the edge is back", timeout=60)
+                stack.process.wait_for(f"the {name} is back", timeout=60)
         code = stack.process.proc.wait(30)
         family += [p for p in victims if p not in family]
         output = "".join(stack.process.output)
     finally:
         stack.stop()
     assert code == 1, output[-3000:]
-    assert (f"the edge (pid {victims[-1]}) was killed by signal 9 (SIGKILL); it was restarted 2 times within 600 s, "
+    assert (f"the {name} (pid {victims[-1]}) was killed by signal 9 (SIGKILL); it was restarted 2 times within 600 s, "
             "giving up") in output
     wait_until(lambda: not any(alive(p) for p in family), 10, "serve left children behind when it gave up")
 
@@ -99,7 +107,7 @@ def test_serve_gives_up_on_a_child_that_keeps_dying(tmp_path: Path, upstream: st
 def test_no_child_outlives_serve_killed_with_sigkill(served: Stack) -> None:
     serve = served.process.pid
     family = descendants(serve)
-    assert {child_pid(serve, name) for name in CHILDREN} <= set(family)
+    assert {child_pid(serve, name) for name in children(served)} <= set(family)
     served.process.proc.send_signal(signal.SIGKILL)
     served.process.proc.wait(5)
     wait_until(lambda: not any(alive(p) for p in family), 2.0,

@@ -1,5 +1,5 @@
-"""`server.grpc_unix`: the service listens on a Unix domain socket as well, and the edge of `serve` reaches it
-there; gRPC callers on the same host may use it too."""
+"""`server.grpc_unix`: the service listens on a Unix domain socket as well, and a separate edge of `serve`
+(`server.edge: separate`) reaches it there; gRPC callers on the same host may use it too."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def unix_stack(upstream: str) -> Iterator[tuple[Stack, Path]]:
     with tempfile.TemporaryDirectory(prefix="sb-") as tmp:
         socket_path = Path(tmp) / "grpc.sock"
         stack = start_stack(Path(tmp) / "stack", upstream, envoy=False, local_model=False,
-                            server={"grpc_unix": str(socket_path)})
+                            server={"grpc_unix": str(socket_path), "edge": "separate"})
         try:
             yield stack, socket_path
         finally:

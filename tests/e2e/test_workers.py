@@ -1,5 +1,6 @@
-"""`server.workers: N`: serve runs N service and N edge processes sharing their ports; background jobs and rate
-limits (shared through Redis, which several workers require) work across them."""
+"""`server.workers: N`: serve runs N service processes (each serving the edge too, by default; or N service and N
+edge processes with `server.edge: separate`) sharing their ports; background jobs and rate limits (shared through
+Redis, which several workers require) work across them."""
 
 from __future__ import annotations
 
@@ -29,14 +30,20 @@ def redis_url() -> Iterator[str]:
     yield from redis_server.redis_url()
 
 
-@pytest.fixture(scope="module")
-def workers(tmp_path_factory: pytest.TempPathFactory, upstream: str, redis_url: str) -> Iterator[Stack]:
-    limits = {"requests_per_minute": 1000, "redis_url": redis_url,
-              "per_key": {LIMITED: {"requests_per_minute": 3}}}
+def limited(mode: str) -> str:
+    """The rate-limited key of one stack (each counts in Redis on its own)."""
+    return f"{LIMITED}-{mode}"
+
+
+@pytest.fixture(scope="module", params=["in-process", "separate"])
+def workers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, upstream: str,
+            redis_url: str) -> Iterator[Stack]:
+    key = limited(request.param)
+    limits = {"requests_per_minute": 1000, "redis_url": redis_url, "per_key": {key: {"requests_per_minute": 3}}}
     home = Path(tmp_path_factory.mktemp("workers"))
     stack = start_stack(home, upstream, local_model=False,
-                        server={"workers": 2, "grpc_unix": str(home / "grpc.sock")}, extra={"rate_limits": limits,
-                                                      "auth": {"api_keys": [API_KEY, LIMITED]}})
+                        server={"workers": 2, "grpc_unix": str(home / "grpc.sock"), "edge": request.param},
+                        extra={"rate_limits": limits, "auth": {"api_keys": [API_KEY, key]}})
     yield stack
     stack.stop()
 
@@ -54,9 +61,15 @@ def processes(stack: Stack, command: str) -> list[int]:
     return found
 
 
-def test_two_service_and_two_edge_processes_share_the_ports(workers: Stack) -> None:
-    assert len(processes(workers, "service")) == 2 and len(processes(workers, "edge")) == 2
-    # Each service/edge pair has its own Unix socket: a second listener on one path would replace the first.
+def http_processes(stack: Stack) -> list[int]:
+    """The processes that serve HTTP: the edges, or the services when the edge runs inside them."""
+    return processes(stack, "service" if stack.edge_mode == "in-process" else "edge")
+
+
+def test_two_processes_of_each_kind_share_the_ports(workers: Stack) -> None:
+    separate = workers.edge_mode == "separate"
+    assert len(processes(workers, "service")) == 2 and len(processes(workers, "edge")) == (2 if separate else 0)
+    # Each service (and its edge) has its own Unix socket: a second listener on one path would replace the first.
     unix = workers.config_path.parent / "grpc.sock"
     assert sorted(p.name for p in unix.parent.glob(unix.name + ".*")) == [unix.name + ".0", unix.name + ".1"]
     assert workers.envoy is not None
@@ -64,13 +77,13 @@ def test_two_service_and_two_edge_processes_share_the_ports(workers: Stack) -> N
         assert answers(workers.http) and answers(workers.envoy)
 
 
-def test_one_edge_killed_the_other_keeps_serving(workers: Stack) -> None:
-    victim = processes(workers, "edge")[0]
+def test_one_http_process_killed_the_other_keeps_serving(workers: Stack) -> None:
+    victim = http_processes(workers)[0]
     os.kill(victim, signal.SIGKILL)
     ok = [answers(workers.http) for _ in range(10)]
     workers.process.wait_for("is back", timeout=60)
     assert all(ok), ok
-    assert len(processes(workers, "edge")) == 2 and victim not in processes(workers, "edge")
+    assert len(http_processes(workers)) == 2 and victim not in http_processes(workers)
 
 
 def test_background_jobs_run_across_workers(workers: Stack) -> None:
@@ -92,7 +105,7 @@ def test_rate_limits_count_across_processes(workers: Stack) -> None:
     for _ in range(5):
         # New connections: the requests land on either edge and either service.
         reply = httpx.post(f"{workers.http}/v1/responses", json={"input": "limited"},
-                           headers={"authorization": f"Bearer {LIMITED}"}, timeout=30)
+                           headers={"authorization": f"Bearer {limited(workers.edge_mode)}"}, timeout=30)
         codes.append(reply.status_code)
     assert codes == [200, 200, 200, 429, 429], codes
 

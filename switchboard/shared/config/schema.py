@@ -86,6 +86,9 @@ class ServerFile(_Section):
     workers: Annotated[Annotated[int, Field(ge=1)] | Literal["auto"], BeforeValidator(_workers)] = 1
     event_names: EventNames = "openai"
     playground: bool = True
+    edge: Literal["in-process", "separate"] = Field(
+        default="in-process", description="how serve runs the edge: inside each service process (no gRPC hop) "
+                                          "or as processes of its own calling the service over gRPC")
 
 
 class AuthFile(_Section):

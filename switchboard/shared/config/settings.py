@@ -67,6 +67,9 @@ class ServerConfig:
     restart_window: float = 60.0
     # Service and edge processes `serve` runs, sharing their ports (SO_REUSEPORT); "auto" = one per CPU core.
     workers: int = 1
+    # How `serve` runs the edge: `in-process` (inside each service process, calling the servicer directly, with
+    # no gRPC hop) or `separate` (its own processes, calling the service over gRPC). Decision 15.
+    edge: str = "in-process"
     # Stream event names where the specs differ: `openai` (OpenAI and OpenRouter) or `open_responses`.
     event_names: str = "openai"
     # The edge serves the browser playground at /playground (its API calls need a key like any other).
