@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from switchboard.edge.app import Edge
 from switchboard.edge.routes import create_app
 from switchboard.shared import telemetry
 from switchboard.shared.config.settings import Config, grpc_unix_path, parse_address
+from switchboard.shared.memory import settle_after_startup, trim_periodically
 from switchboard.shared.process import EDGE_READY, raise_open_files_limit
 
 
@@ -70,6 +72,7 @@ class EdgeServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if not self.should_exit:
+            settle_after_startup()
             # `switchboard serve` waits for this line (a probe of a shared port could reach another edge process).
             print(f"switchboard: {EDGE_READY}", flush=True)
 
@@ -102,7 +105,11 @@ def edge_server(config: Config, channel: grpc.aio.Channel | None = None) -> tupl
 
 async def serve(config: Config) -> None:
     server, sockets = edge_server(config)
-    await server.serve(sockets=sockets or None)
+    trimmer = asyncio.create_task(trim_periodically())
+    try:
+        await server.serve(sockets=sockets or None)
+    finally:
+        trimmer.cancel()
 
 
 def run(config: Config) -> None:

@@ -22,6 +22,7 @@ from switchboard.service.store.retention import run_retention
 from switchboard.shared import metrics, telemetry
 from switchboard.shared.config.errors import ConfigError
 from switchboard.shared.config.settings import Config, load, parse_address
+from switchboard.shared.memory import settle_after_startup, trim_periodically
 
 log = logging.getLogger("switchboard")
 
@@ -56,13 +57,14 @@ async def run_service(config: Config, *, edge: bool = False) -> None:
     served = create_server(config, runner, store=store, worker=worker, limiter=limiter, local=edge)
     server, port, health = served.server, served.port, served.health
     await server.start()
-    tasks = [asyncio.create_task(worker.run_forever())]
+    tasks = [asyncio.create_task(worker.run_forever()), asyncio.create_task(trim_periodically())]
     if config.retention_seconds:
         tasks.append(asyncio.create_task(run_retention(store, config.retention_seconds, interval=60.0)))
     for provider in providers.values():
         warm_up = getattr(provider, "warm_up", None)
         if warm_up is not None:
             await warm_up()
+    settle_after_startup()
     await mark_serving(health, True)
     host, _ = parse_address(config.server.grpc, "server.grpc")
     _say(f"gRPC service listening on {host}:{port}")

@@ -122,3 +122,11 @@ def test_sigterm_stops_everything_within_the_grace_period(served: Stack) -> None
     assert served.process.proc.wait(grace) == 0
     wait_until(lambda: not any(alive(p) for p in family), 1.0,
                f"still running after SIGTERM: {[p for p in family if alive(p)]}")
+
+
+def test_the_python_children_allocate_with_malloc(served: Stack) -> None:
+    # Memory comes back after bursts only with malloc (switchboard/shared/memory.py).
+    for name in children(served):
+        if name != "Envoy":
+            environ = Path(f"/proc/{child_pid(served.process.pid, name)}/environ").read_bytes().split(b"\0")
+            assert b"PYTHONMALLOC=malloc" in environ, name
