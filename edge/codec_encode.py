@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import message_factory, struct_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
@@ -75,17 +75,20 @@ def _enum_map(desc: Any) -> _EnumMap:
 # ---------------------------------------------------------------- Struct / Value
 
 
+_which_kind = struct_pb2.Value.WhichOneof  # the method, called as a function (see ``_Builder._fields``)
+
+
 def _value_to_py(value: struct_pb2.Value) -> Any:
-    kind = value.WhichOneof("kind")
+    kind = _which_kind(value, "kind")
+    if kind == "string_value":
+        return value.string_value
     if kind == "struct_value":
         return _struct_to_py(value.struct_value)
-    if kind == "list_value":
-        return [_value_to_py(v) for v in value.list_value.values]
     if kind == "number_value":
         number = value.number_value
         return int(number) if number.is_integer() and abs(number) < 2**53 else number
-    if kind == "string_value":
-        return value.string_value
+    if kind == "list_value":
+        return [_value_to_py(v) for v in value.list_value.values[:]]  # a slice: see ``_Builder._repeated``
     if kind == "bool_value":
         return value.bool_value
     return None
@@ -96,7 +99,7 @@ def _struct_to_py(struct: struct_pb2.Struct) -> dict[str, Any]:
 
 
 def _list_value_to_py(msg: struct_pb2.ListValue) -> list[Any]:
-    return [_value_to_py(v) for v in msg.values]
+    return [_value_to_py(v) for v in msg.values[:]]
 
 
 _SPECIAL: dict[str, Encoder] = {STRUCT: _struct_to_py, VALUE: _value_to_py, LIST_VALUE: _list_value_to_py}
@@ -170,8 +173,10 @@ class _Builder:
                 arm = _function(f"encode_{field.name}", ns, [], [], self._element(ns, field, _attr("msg", field.name)))
             arms[field.name] = arm
 
+        which = message_factory.GetMessageClass(desc).WhichOneof
+
         def encode_union(msg: Any) -> Any:
-            return arms[msg.WhichOneof(oneof)](msg)
+            return arms[which(msg, oneof)](msg)
 
         return encode_union
 
@@ -204,6 +209,8 @@ class _Builder:
     def _fields(self, ns: dict[str, Any], desc: Descriptor, var: str, skip: str | None) -> list[_Step]:
         """The steps writing the fields of the message in ``var`` (except those of the oneof ``skip``)."""
         steps: list[_Step] = []
+        # The class's method, called as a function: ``msg.HasField`` looks the name up among the fields first.
+        has = _bind(ns, "H", message_factory.GetMessageClass(desc).HasField)
         for field in desc.fields:
             if skip is not None and field.containing_oneof is not None and field.containing_oneof.name == skip:
                 continue
@@ -215,15 +222,15 @@ class _Builder:
             elif field.is_repeated:
                 steps.append(("set", name, self._repeated(ns, field, value)))
             elif _opt(field, json_pb2.rest):
-                steps.append(("code", [f"if {var}.HasField({name!r}):",
+                steps.append(("code", [f"if {has}({var}, {name!r}):",
                                        f"    for k, v in _struct_to_py({value}).items():",
                                        "        out.setdefault(k, v)"], None))
             elif field.has_presence:
                 element = self._element(ns, field, value)
                 if nullable:
-                    steps.append(("set", name, f"{element} if {var}.HasField({name!r}) else None"))
+                    steps.append(("set", name, f"{element} if {has}({var}, {name!r}) else None"))
                 else:
-                    steps.append(("code", [f"if {var}.HasField({name!r}):", f"    out[{name!r}] = {element}"], None))
+                    steps.append(("code", [f"if {has}({var}, {name!r}):", f"    out[{name!r}] = {element}"], None))
             elif field.type == FieldDescriptor.TYPE_ENUM:
                 # 0 is never in an enum map, so an unset enum maps to None by itself.
                 if nullable:
@@ -243,7 +250,7 @@ def _message_type(field: FieldDescriptor) -> Descriptor:
 
 def _bind(ns: dict[str, Any], prefix: str, obj: Any) -> str:
     for key, bound in ns.items():
-        if bound is obj and key.startswith(prefix):
+        if key.startswith(prefix) and bound == obj:
             return key
     key = f"{prefix}{len(ns)}"
     ns[key] = obj
@@ -297,7 +304,7 @@ def encoder(desc: Any) -> Encoder:
 
 def encode(msg: Message) -> Any:
     """The JSON value (dicts, lists, scalars) of a message."""
-    found = _by_class.get(msg.__class__)
+    found = _by_class.get(type(msg))
     if found is None:
-        found = _by_class[msg.__class__] = encoder(msg.DESCRIPTOR)
+        found = _by_class[type(msg)] = encoder(msg.DESCRIPTOR)
     return found(msg)
