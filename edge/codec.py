@@ -1,6 +1,7 @@
 """JSON <-> proto for the Responses API, driven by the proto descriptors and the options in json.proto.
 
-Every message type gets one compiled encoder and one decoder, built on first use from its descriptor:
+Every message type gets one encoder (generated source, in codec_encode.py) and one decoder, built on first use from
+its descriptor:
 - a oneof arm with a ``type_tag`` is flattened to ``{"type": tag, ...arm fields, ...the message's other fields}``;
 - an arm without a tag is the bare value (``"auto"``, a string, a list);
 - ``json_list`` messages are JSON arrays; ``rest`` Struct fields collect undeclared keys;
@@ -11,25 +12,24 @@ Every message type gets one compiled encoder and one decoder, built on first use
 
 from __future__ import annotations
 
-import operator
-import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import orjson
 from google.protobuf import struct_pb2
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from switchboard.edge.codec_encode import LIST_VALUE as _LIST_VALUE
+from switchboard.edge.codec_encode import STRUCT as _STRUCT
+from switchboard.edge.codec_encode import VALUE as _VALUE
+from switchboard.edge.codec_encode import Encoder as Encoder
+from switchboard.edge.codec_encode import _enum_map, _msg_opt, _opt, _union_oneof
+from switchboard.edge.codec_encode import encode as encode
 from switchboard.responses.v1 import json_pb2
 
 M = TypeVar("M", bound=Message)
-Encoder = Callable[[Any], Any]
 Decoder = Callable[[Any, Any, str], None]
-
-_STRUCT = "google.protobuf.Struct"
-_VALUE = "google.protobuf.Value"
-_LIST_VALUE = "google.protobuf.ListValue"
 _INTS = {
     FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT32,
     FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SINT64,
@@ -52,15 +52,6 @@ class CodecError(ValueError):
         super().__init__(message)
         self.message = message
         self.param = param
-
-
-def _opt(field: FieldDescriptor, ext: Any) -> Any:
-    return field.GetOptions().Extensions[ext]
-
-
-def _msg_opt(desc: Descriptor | None, ext: Any) -> Any:
-    assert desc is not None
-    return desc.GetOptions().Extensions[ext]
 
 
 def _message_type(field: FieldDescriptor) -> Descriptor:
@@ -86,32 +77,6 @@ def _json_type(value: Any) -> str:
     return "object"
 
 
-# ---------------------------------------------------------------- enums
-
-
-class _EnumMap:
-    def __init__(self, desc: EnumDescriptor) -> None:
-        prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", desc.name).upper() + "_"
-        self.to_json: dict[int, str] = {}
-        self.from_json: dict[str, int] = {}
-        for value in desc.values:
-            if value.number == 0:
-                continue
-            name = value.GetOptions().Extensions[json_pb2.json_value] or value.name.removeprefix(prefix).lower()
-            self.to_json[value.number] = name
-            self.from_json[name] = value.number
-
-
-_enum_maps: dict[str, _EnumMap] = {}
-
-
-def _enum_map(desc: Any) -> _EnumMap:
-    found = _enum_maps.get(desc.full_name)
-    if found is None:
-        found = _enum_maps[desc.full_name] = _EnumMap(desc)
-    return found
-
-
 def enum_to_json(desc: Any, number: int) -> str | None:
     return _enum_map(desc).to_json.get(number)
 
@@ -120,220 +85,7 @@ def enum_from_json(desc: Any, name: str) -> int | None:
     return _enum_map(desc).from_json.get(name)
 
 
-# ---------------------------------------------------------------- Struct / Value
-
-
-def _value_to_py(value: struct_pb2.Value) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind == "struct_value":
-        return _struct_to_py(value.struct_value)
-    if kind == "list_value":
-        return [_value_to_py(v) for v in value.list_value.values]
-    if kind == "number_value":
-        number = value.number_value
-        return int(number) if number.is_integer() and abs(number) < 2**53 else number
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return value.bool_value
-    return None
-
-
-def _struct_to_py(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return {key: _value_to_py(value) for key, value in struct.fields.items()}
-
-
 # ---------------------------------------------------------------- encoding
-
-_encoders: dict[str, Encoder] = {}
-
-
-def _field_encoder(field: FieldDescriptor) -> Encoder:
-    """Encoder of one element of ``field`` (the value, not the containing message)."""
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
-        sub = field.message_type
-        return lambda value: _encoder(sub)(value)
-    if field.type == FieldDescriptor.TYPE_ENUM:
-        to_json = _enum_map(field.enum_type).to_json
-        return lambda value: to_json.get(value)
-    if field.type == FieldDescriptor.TYPE_BYTES:
-        return lambda value: value.decode("latin-1")
-    return lambda value: value
-
-
-def _fields_encoder(desc: Any, skip: str | None = None) -> Callable[[Any, dict[str, Any]], None]:
-    """Writes the fields of a message (except the oneof ``skip``) into a dict."""
-    steps: list[Callable[[Any, dict[str, Any]], None]] = []
-    # Runs of plain scalar fields (no presence, no conversion) are read with one attrgetter call; the order of
-    # the fields, and so of the JSON keys, stays that of the message.
-    run: list[str] = []
-    for field in desc.fields:
-        if skip is not None and field.containing_oneof is not None and field.containing_oneof.name == skip:
-            continue
-        if _is_plain(field):
-            run.append(field.name)
-            continue
-        if run:
-            steps.append(_plain_step(tuple(run)))
-            run = []
-        steps.append(_field_step(field))
-    if run:
-        steps.append(_plain_step(tuple(run)))
-    if len(steps) == 1:
-        return steps[0]
-
-    def write(msg: Any, out: dict[str, Any]) -> None:
-        for step in steps:
-            step(msg, out)
-
-    return write
-
-
-def _plain_step(names: tuple[str, ...]) -> Callable[[Any, dict[str, Any]], None]:
-    getter = operator.attrgetter(*names)
-    if len(names) == 1:
-        (only,) = names
-
-        def plain_one(msg: Any, out: dict[str, Any]) -> None:
-            out[only] = getter(msg)
-
-        return plain_one
-
-    def plain_run(msg: Any, out: dict[str, Any]) -> None:
-        out.update(zip(names, getter(msg), strict=True))
-
-    return plain_run
-
-
-def _is_plain(field: FieldDescriptor) -> bool:
-    """A singular scalar without presence whose Python value is its JSON value (what ``scalar_step`` writes)."""
-    return (not field.is_repeated and not field.has_presence and field.message_type is None
-            and field.type not in (FieldDescriptor.TYPE_ENUM, FieldDescriptor.TYPE_BYTES)
-            and not _opt(field, json_pb2.rest))
-
-
-def _field_step(field: FieldDescriptor) -> Callable[[Any, dict[str, Any]], None]:
-    name = field.name
-    nullable = bool(_opt(field, json_pb2.nullable))
-    element = _field_encoder(field)
-    if field.message_type is not None and field.message_type.GetOptions().map_entry:
-        value_field = field.message_type.fields_by_name["value"]
-        map_value = _field_encoder(value_field)
-
-        def map_step(msg: Any, out: dict[str, Any]) -> None:
-            out[name] = {k: map_value(v) for k, v in getattr(msg, name).items()}
-
-        return map_step
-    if field.is_repeated:
-
-        def repeated_step(msg: Any, out: dict[str, Any]) -> None:
-            out[name] = [element(v) for v in getattr(msg, name)]
-
-        return repeated_step
-    if _opt(field, json_pb2.rest):
-
-        def rest_step(msg: Any, out: dict[str, Any]) -> None:
-            if msg.HasField(name):
-                for key, value in _struct_to_py(getattr(msg, name)).items():
-                    out.setdefault(key, value)
-
-        return rest_step
-    if field.has_presence:
-
-        def presence_step(msg: Any, out: dict[str, Any]) -> None:
-            if msg.HasField(name):
-                out[name] = element(getattr(msg, name))
-            elif nullable:
-                out[name] = None
-
-        return presence_step
-    if field.type == FieldDescriptor.TYPE_ENUM:
-
-        def enum_step(msg: Any, out: dict[str, Any]) -> None:
-            value = getattr(msg, name)
-            if value:
-                out[name] = element(value)
-            elif nullable:
-                out[name] = None
-
-        return enum_step
-
-    def scalar_step(msg: Any, out: dict[str, Any]) -> None:
-        out[name] = element(getattr(msg, name))
-
-    return scalar_step
-
-
-def _union_oneof(desc: Descriptor) -> str | None:
-    for oneof in desc.oneofs:
-        if not (len(oneof.fields) == 1 and oneof.fields[0].has_presence and oneof.name.startswith("_")):
-            return oneof.name
-    return None
-
-
-def _build_encoder(desc: Descriptor) -> Encoder:
-    full = desc.full_name
-    if full == _STRUCT:
-        return _struct_to_py
-    if full == _VALUE:
-        return _value_to_py
-    if full == _LIST_VALUE:
-        return lambda msg: [_value_to_py(v) for v in msg.values]
-    if _msg_opt(desc, json_pb2.json_list):
-        (only,) = desc.fields
-        element = _field_encoder(only)
-        return lambda msg: [element(v) for v in getattr(msg, only.name)]
-    oneof = _union_oneof(desc)
-    if oneof is None:
-        write = _fields_encoder(desc)
-
-        def encode_plain(msg: Any) -> dict[str, Any]:
-            out: dict[str, Any] = {}
-            write(msg, out)
-            return out
-
-        return encode_plain
-    common = _fields_encoder(desc, skip=oneof)
-    arms: dict[str, Encoder] = {}
-    for field in desc.oneofs_by_name[oneof].fields:
-        arms[field.name] = _arm_encoder(field, common)
-
-    def encode_union(msg: Any) -> Any:
-        arm = msg.WhichOneof(oneof)
-        if arm is None:
-            return None
-        return arms[arm](msg)
-
-    return encode_union
-
-
-def _arm_encoder(field: FieldDescriptor, common: Callable[[Any, dict[str, Any]], None]) -> Encoder:
-    name = field.name
-    tag = _opt(field, json_pb2.type_tag)
-    if tag:
-        inner = _fields_encoder(field.message_type)
-
-        def encode_tagged(msg: Any) -> dict[str, Any]:
-            out: dict[str, Any] = {"type": tag}
-            common(msg, out)
-            inner(getattr(msg, name), out)
-            return out
-
-        return encode_tagged
-    element = _field_encoder(field)
-    return lambda msg: element(getattr(msg, name))
-
-
-def _encoder(desc: Any) -> Encoder:
-    found = _encoders.get(desc.full_name)
-    if found is None:
-        found = _encoders[desc.full_name] = _build_encoder(desc)
-    return found
-
-
-def encode(msg: Message) -> Any:
-    """The JSON value (dicts, lists, scalars) of a message."""
-    return _encoder(msg.DESCRIPTOR)(msg)
 
 
 def dumps(msg: Message) -> bytes:
