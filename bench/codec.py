@@ -1,6 +1,6 @@
 """Micro-benchmark of codec.encode: a text delta stream event and a completed Response (µs per encode).
 
-Usage: .venv/bin/python scripts/bench_codec.py
+Usage: python -m bench.codec
 """
 
 from __future__ import annotations
