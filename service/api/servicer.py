@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -149,37 +150,39 @@ class ResponsesServicer(responses_service_pb2_grpc.ResponsesServicer):
 
     async def StreamResponse(self, request: pb.CreateResponseRequest,  # noqa: N802 (gRPC method name)
                              context: Context) -> AsyncIterator[events_pb2.StreamEvent]:
-        async for event in self._events(request, context):
-            yield event
+        events = await self._events(request, context)
+        if events is not None:
+            async for event in events:
+                yield event
 
     async def StreamResponseBatched(self, request: pb.CreateResponseRequest,  # noqa: N802 (gRPC method name)
                                     context: Context) -> AsyncIterator[pb.StreamEventBatch]:
-        async for batch in batches(self._events(request, context), first_flush=_is_delta):
-            yield pb.StreamEventBatch(events=batch)
+        events = await self._events(request, context)
+        if events is not None:
+            async for batch in batches(events, first_flush=_is_delta):
+                yield pb.StreamEventBatch(events=batch)
 
     async def _events(self, request: pb.CreateResponseRequest,
-                      context: Context) -> AsyncIterator[events_pb2.StreamEvent]:
+                      context: Context) -> AsyncIterator[events_pb2.StreamEvent] | None:
+        """The events of a streamed response, once it has started (the runner's own generator, with no layer of
+        ours around it: every layer costs each event a resumption). A failure to start aborts the call."""
         try:
             if request.background:
                 # The job runs in a worker; this stream follows its persisted events.
                 response = await self._background(request, context)
-                events = tail(self._require_store(), self._owner(context), response.id, -1)
-            else:
-                # The upstream's first delta comes before the first event, so a failure to start is a status
-                # (an HTTP 4xx/5xx at the edge) rather than a failed stream.
-                started = await self._start(request, context, stream=True)
-                events = self._runner.run(started)
+                return tail(self._require_store(), self._owner(context), response.id, -1)
+            # The upstream's first delta comes before the first event, so a failure to start is a status
+            # (an HTTP 4xx/5xx at the edge) rather than a failed stream.
+            started = await self._start(request, context, stream=True)
         except ApiError as error:
             await abort(context, error)
-            return
+            return None
         except Exception:
             log.exception("StreamResponse failed before the first event")
             await abort(context, internal())
-            return
-        async for event in events:
-            yield event
-        if not request.background:
-            await self._record_tokens(started.owner, started.engine.response)
+            return None
+        started.on_finish = functools.partial(self._record_tokens, started.owner)
+        return self._runner.run(started)
 
     # ------------------------------------------------------------ stored responses
 

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +114,8 @@ class Started:
     # The upstream call as the answering attempt made it (the next MCP tool round extends it).
     turn: Turn | None = None
     mcp: McpTurn | None = None
+    # Awaited with the final response once the terminal event has been taken (a completed turn only).
+    on_finish: Callable[[response_pb2.Response], Awaitable[None]] | None = None
 
 
 class TurnRunner:
@@ -357,6 +359,8 @@ class TurnRunner:
             await self.save(started)
             for event in terminal:
                 yield event
+            if started.on_finish is not None:
+                await started.on_finish(engine.response)
         finally:
             await started.deltas.aclose()
             if started.stream:

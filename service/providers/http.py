@@ -21,7 +21,7 @@ import aiohttp
 import grpc
 import httpx
 import orjson
-from httpx_sse import EventSource
+from httpx_sse import EventSource, ServerSentEvent
 
 from switchboard.service.providers.base import Delta, Turn
 from switchboard.shared.config.errors import ConfigError
@@ -185,14 +185,14 @@ class _Body(httpx.AsyncByteStream):
             yield chunk
 
 
-async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, str]]:
-    """(event, data) pairs of an event stream, by httpx-sse's public `EventSource` (the WHATWG event-stream rules:
+def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEvent]:
+    """The events of an event stream, by httpx-sse's public `EventSource` (the WHATWG event-stream rules:
     lines may end in LF, CRLF or CR, fields, comments, multi-line data). aiohttp reads the body; its chunks are
     handed to httpx-sse as an httpx response's stream, so lines may be longer than aiohttp's readline limit (a
     final snapshot can be large)."""
     response = httpx.Response(200, headers={"content-type": "text/event-stream; charset=utf-8"}, stream=_Body(chunks))
-    async for sse in EventSource(response).aiter_sse():
-        yield sse.event, sse.data
+    # httpx-sse's own iterator, not wrapped: a wrapping generator costs every event one more resumption.
+    return EventSource(response).aiter_sse()
 
 
 class HttpProvider(ABC):
@@ -304,8 +304,8 @@ class HttpProvider(ABC):
                         yield delta
                     return
                 folder = self.folder()
-                async for event, data in sse_events(self._chunks(response, clock)):
-                    for delta in folder.feed_sse(event, data):
+                async for sse in sse_events(self._chunks(response, clock)):
+                    for delta in folder.feed_sse(sse.event, sse.data):
                         sent = True
                         yield delta
                     if folder.done:

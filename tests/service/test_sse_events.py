@@ -23,5 +23,5 @@ async def _chunks(body: bytes, size: int) -> AsyncIterator[bytes]:
 
 @pytest.mark.parametrize("size", [1, 3, 7, 4096, 1 << 20])
 async def test_events_whatever_the_chunking(size: int) -> None:
-    events = [pair async for pair in sse_events(_chunks(STREAM.encode(), size))]
+    events = [(sse.event, sse.data) async for sse in sse_events(_chunks(STREAM.encode(), size))]
     assert events == EXPECTED
