@@ -189,9 +189,8 @@ class _Context(grpc.aio.ServicerContext[Any, Any]):
     def auth_context(self) -> Mapping[str, Iterable[bytes]]:
         return {}
 
-    def time_remaining(self) -> float:
-        remaining = self._call.time_remaining()
-        return float("inf") if remaining is None else remaining  # as grpc.aio without a deadline
+    def time_remaining(self) -> float | None:  # type: ignore[override]  # None without a deadline, as grpc.aio
+        return self._call.time_remaining()
 
     def trailing_metadata(self) -> Metadata:
         return Metadata.from_tuple(self._trailing)

@@ -25,6 +25,7 @@ class Record:
         self.cancelled = asyncio.Event()
         self.closed = asyncio.Event()
         self.produced = 0
+        self.remaining: float | None = -1.0
 
 
 class Deny(grpc.aio.ServerInterceptor):
@@ -45,6 +46,7 @@ class Deny(grpc.aio.ServerInterceptor):
 def handlers(record: Record) -> grpc.GenericRpcHandler:
     async def unary(request: S, context: grpc.aio.ServicerContext[Any, Any]) -> S:
         record.metadata = dict(tuple(context.invocation_metadata() or ()))
+        record.remaining = context.time_remaining()
         if request.value == "abort":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad value",
                                 trailing_metadata=(("detail-bin", b"\x00\x01"),))
@@ -112,6 +114,13 @@ async def test_unary_reply_metadata_both_ways(channel: tuple[grpc.aio.Channel, R
     assert dict(await call.initial_metadata())["x-header"] == "h"
     assert await call.code() == grpc.StatusCode.OK
     assert record.metadata["authorization"] == "Bearer k"
+    assert record.remaining is not None and 4 < record.remaining <= 5
+
+
+async def test_no_deadline_leaves_no_time_limit(channel: tuple[grpc.aio.Channel, Record]) -> None:
+    chan, record = channel
+    await method(chan, "Unary")(S(value="x"))
+    assert record.remaining is None
 
 
 async def test_abort_gives_code_details_and_trailing_metadata(channel: tuple[grpc.aio.Channel, Record]) -> None:
