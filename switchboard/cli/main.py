@@ -64,7 +64,8 @@ async def run_service(config: Config, *, edge: bool = False) -> None:
         warm_up = getattr(provider, "warm_up", None)
         if warm_up is not None:
             await warm_up()
-    settle_after_startup()
+    if not edge:
+        settle_after_startup()  # an edge in this process does it once it listens (edge/server.py)
     await mark_serving(health, True)
     host, _ = parse_address(config.server.grpc, "server.grpc")
     _say(f"gRPC service listening on {host}:{port}")
@@ -83,10 +84,11 @@ async def run_service(config: Config, *, edge: bool = False) -> None:
     finally:
         stopping.cancel()
         await mark_serving(health, False)
-        if http is not None:
+        if http is None:
+            await server.stop(config.server.grace)
+        else:
             http.stop()  # drains its in-flight requests while the gRPC server drains its calls
             await asyncio.gather(server.stop(config.server.grace), http_task, return_exceptions=True)
-        await server.stop(config.server.grace)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

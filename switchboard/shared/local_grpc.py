@@ -125,13 +125,16 @@ class _Pipe:
         self._wake(self._putter)
 
 
+_CLOSED = _Pipe(0)
+_CLOSED.close()
+
+
 class _Context(grpc.aio.ServicerContext[Any, Any]):
     """What a handler sees of its call."""
 
-    def __init__(self, call: _LocalCall, metadata: Sequence[tuple[str, Any]]) -> None:
+    def __init__(self, call: _LocalCall, metadata: tuple[tuple[str, Any], ...]) -> None:
         self._call = call
-        self._raw_metadata = tuple(metadata)
-        self._metadata = Metadata.from_tuple(self._raw_metadata)
+        self._metadata = Metadata.from_tuple(metadata)
         self._trailing: tuple[tuple[str, Any], ...] = ()
         self.code_: grpc.StatusCode | None = None
         self.details_: str | None = None
@@ -220,7 +223,8 @@ class _LocalCall:
         self._loop = loop
         self._deadline = None if timeout is None else loop.time() + timeout
         self._initial: asyncio.Future[Metadata] = loop.create_future()
-        self._requests = _Pipe(STREAM_WINDOW)
+        # A unary request has nothing to stream: the shared closed pipe stands in (reads end, writes fail).
+        self._requests = _Pipe(STREAM_WINDOW) if request_stream else _CLOSED
         self._responses = _Pipe(STREAM_WINDOW)
         self._response_stream = response_stream
         self._result: Any = None
@@ -229,9 +233,8 @@ class _LocalCall:
         self._cancelled_here = False  # cancel() was called: reads and awaits raise CancelledError, as grpc.aio's
         self._expired = False
         self._callbacks: list[Callable[[Any], None]] = []
-        self._context = _Context(self, metadata or ())
-        if not request_stream:
-            self._requests.close()
+        self._metadata = tuple(metadata or ())
+        self._context = _Context(self, self._metadata)
         self._task = loop.create_task(self._run(server, method, request, request_stream))
         self._task.add_done_callback(self._finish)
         self._timer = None if self._deadline is None else loop.call_at(self._deadline, self._expire)
@@ -241,13 +244,14 @@ class _LocalCall:
     async def _send(self, message: Any) -> None:
         if not self._initial.done():
             self._initial.set_result(Metadata())
-        if not await self._responses.put(message):
-            raise asyncio.CancelledError  # the caller is gone
+        await self._responses.put(message)  # closed only once the handler has ended
 
     async def _run(self, server: LocalServer, method: str, request: Any, request_stream: bool) -> None:
-        handler = await server.handler(method, self._context._raw_metadata)
+        handler = await server.handler(method, self._metadata)
         if handler is None:
             await self._context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        if (handler.request_streaming, handler.response_streaming) != (request_stream, self._response_stream):
+            await self._context.abort(grpc.StatusCode.INTERNAL, f"{method} streams otherwise on the server")
         argument = self._request_iterator() if request_stream else request
         behaviour = _behaviour(handler, request_stream, self._response_stream)
         with _server_span(method):
@@ -407,8 +411,6 @@ class _StreamStreamCall(_LocalCall, grpc.aio.StreamStreamCall[Any, Any]):
 
 
 def _behaviour(handler: Handler, request_stream: bool, response_stream: bool) -> Callable[..., Any]:
-    if handler.request_streaming != request_stream or handler.response_streaming != response_stream:
-        raise AbortError("Locally aborted.")  # pragma: no cover - a stub and a servicer of different protos
     if request_stream:
         return handler.stream_stream if response_stream else handler.stream_unary  # type: ignore[no-any-return]
     return handler.unary_stream if response_stream else handler.unary_unary  # type: ignore[no-any-return]
