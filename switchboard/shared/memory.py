@@ -8,11 +8,13 @@ cost a fifth of the throughput and pauses of up to 100 ms (p99 at concurrency 16
 and 20-25% more requests per second). Larger young generations (5,000 or 50,000 allocations between passes)
 measured no better: fewer but longer pauses. Cycles are still collected as before.
 
-A burst of thousands of concurrent streams grows the heap by a hundred megabytes or more. When it is over, Python
-has freed the objects, but glibc's malloc keeps the free pages mapped (in the main heap and in per-thread arenas),
-so the process stays at its high-water mark. :func:`trim_periodically` asks malloc to return free pages
-(``malloc_trim(0)``, which also releases free pages inside the heap) whenever the resident size stands well above
-what it was after the last trim. It does nothing where there is no glibc (musl, macOS).
+A burst of thousands of concurrent streams grows the heap by a hundred megabytes or more. When it is over, the
+objects are freed, but the memory is not returned: pymalloc cannot release an arena while any block in it lives
+(a few survivors pin most of them), and glibc's malloc keeps free pages mapped. So `serve` runs its Python
+children with ``PYTHONMALLOC=malloc`` (switchboard/cli/supervisor.py), and :func:`trim_periodically` runs a full
+collection and asks malloc to return free pages (``malloc_trim(0)``, which also releases free pages inside the
+heap) whenever the resident size stands well above its lowest level. It does nothing where there is no glibc
+(musl, macOS).
 """
 
 from __future__ import annotations
@@ -61,9 +63,9 @@ async def trim_periodically(interval: float = 2.0, slack: int = 16 << 20) -> Non
     checking every ``interval`` seconds. A trim that gives little back (the memory is in use: a burst is still
     running) makes the next one wait longer, up to 4 intervals. Runs until cancelled."""
     trim = malloc_trim()
-    if trim is None or not resident_bytes():
-        return
     floor = resident_bytes()
+    if trim is None or not floor:
+        return
     wait = interval
     while True:
         await asyncio.sleep(wait)
