@@ -228,21 +228,21 @@ class EventStreamResponse(StreamingResponse):
             return
         streaming = asyncio.current_task()
         assert streaming is not None
-        state = {"gone": False, "finished": False}
+        gone = False
 
         async def watch() -> None:
+            nonlocal gone
             while (await receive())["type"] != "http.disconnect":
                 pass
-            if not state["finished"]:
-                state["gone"] = True
-                streaming.cancel()
+            gone = True
+            streaming.cancel()
 
+        # The watcher only runs while the stream waits; once the stream is done it is cancelled before it can run.
         watcher = asyncio.get_running_loop().create_task(watch())
         try:
             await self.stream_response(send)
-            state["finished"] = True
         except asyncio.CancelledError:
-            if not state["gone"] or streaming.cancelling() > 1:
+            if not gone or streaming.cancelling() > 1:
                 raise  # cancelled from elsewhere too
             streaming.uncancel()
         finally:
